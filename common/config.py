@@ -1,0 +1,97 @@
+"""Command line and YAML presets: `--config preset.yaml` sets new defaults, flags given on the command
+line override them. Bad input becomes a UsageError, which `run_main` turns into one line and exit 2."""
+import dataclasses
+import difflib
+import sys
+from typing import Any, Callable, Sequence
+
+import tyro
+import yaml
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for; the message names it and says how to fix it."""
+
+
+def suggest(name: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+def _find_config_path(argv: Sequence[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--config":
+            if i + 1 >= len(argv):
+                raise UsageError("--config needs a path, e.g. --config configs/ppo_continuous_hopper_cleanrl.yaml")
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _coerce(name: str, value: Any, default: Any, path: str) -> Any:
+    # YAML reads `1e6` as a string and lists as lists; match the type of the dataclass default.
+    try:
+        if isinstance(default, bool) or value is None:
+            return value
+        if isinstance(default, int):
+            as_float = float(value)
+            if as_float != int(as_float):
+                raise ValueError
+            return int(as_float)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, tuple):
+            return tuple(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{path}: '{name}: {value}' is not a valid {type(default).__name__}; fix the value")
+    return value
+
+
+def load_config(path: str, cls: type) -> dict:
+    """Read a preset; keys are the flag names (dashes or underscores)."""
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise UsageError(f"config file '{path}' not found; check the path (presets live in configs/)")
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0] if str(e) else "syntax error"
+        raise UsageError(f"config file '{path}' is not valid YAML ({first}); fix the file")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UsageError(f"config file '{path}' must be a mapping of flag: value lines")
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        name = str(key).replace("-", "_")
+        if name not in defaults or name == "config":
+            raise UsageError(f"config file '{path}': unknown key '{key}'{suggest(name, defaults)}; "
+                             f"remove it or use a flag name from --help")
+        values[name] = _coerce(name, value, defaults[name], path)
+    return values
+
+
+def parse_args(cls: type, argv: Sequence[str] | None = None) -> Any:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    path = _find_config_path(argv)
+    default = cls(**load_config(path, cls)) if path else cls()
+    return tyro.cli(cls, default=default, args=argv)
+
+
+def check_positive(args: Any, names: Sequence[str]) -> None:
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} must be positive, got {value}; pass a value > 0")
+
+
+def run_main(main: Callable[[], None]) -> None:
+    """Run a script's main: usage errors print one line and exit 2."""
+    try:
+        main()
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

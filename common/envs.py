@@ -1,0 +1,259 @@
+"""One functional env interface for Gymnasium vector envs and JAX-native (Brax) envs.
+
+    state, obs = env.reset(key, norm=None)
+    state, obs, reward, terminated, truncated, final_obs, episode = env.step(state, action)
+
+Both work inside `jax.lax.scan` and `jax.vmap`. Envs reset themselves when an episode ends; `final_obs`
+is then the true last observation of the finished episode (else it equals `obs`), and `episode` carries
+the raw (unnormalised) return and length of episodes that finished on this step.
+
+Env ids: Gymnasium ids as they are (`Hopper-v4`); Brax envs as `brax/NAME` (`brax/ant`).
+"""
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from common.config import UsageError, suggest
+
+BRAX_BACKENDS = ("generalized", "positional", "spring", "mjx")
+
+
+class EnvSpec(NamedTuple):
+    env_id: str
+    obs_shape: tuple
+    discrete: bool
+    action_dim: int  # size of the action vector, or number of actions when discrete
+    action_low: np.ndarray | None
+    action_high: np.ndarray | None
+    max_episode_steps: int | None
+
+
+class RunningStats(NamedTuple):
+    mean: jax.Array
+    var: jax.Array
+    count: jax.Array
+
+
+class NormStats(NamedTuple):
+    """Observation statistics and discounted-return statistics (for reward scaling)."""
+    obs: RunningStats
+    ret: RunningStats
+
+
+class EpisodeStats(NamedTuple):
+    done: jax.Array  # an episode ended on this step
+    episode_return: jax.Array  # its raw return (valid where done)
+    episode_length: jax.Array
+
+
+class EnvState(NamedTuple):
+    inner: Any
+    episode_return: jax.Array
+    episode_length: jax.Array
+    discounted_return: jax.Array
+    norm: NormStats
+
+
+class Env(NamedTuple):
+    reset: Callable
+    step: Callable
+    spec: EnvSpec
+    num_envs: int
+    close: Callable
+
+
+def init_stats(shape: tuple) -> RunningStats:
+    # count starts tiny (not zero) as in Gymnasium's RunningMeanStd, so the first update dominates.
+    return RunningStats(jnp.zeros(shape, jnp.float32), jnp.ones(shape, jnp.float32), jnp.float32(1e-4))
+
+
+def update_stats(stats: RunningStats, batch: jax.Array) -> RunningStats:
+    """Merge a batch (leading axis) into running mean/variance (Chan et al.'s parallel Welford)."""
+    n = batch.shape[0]
+    mean, var = batch.mean(0), batch.var(0)
+    delta = mean - stats.mean
+    total = stats.count + n
+    new_mean = stats.mean + delta * n / total
+    m2 = stats.var * stats.count + var * n + delta**2 * stats.count * n / total
+    return RunningStats(new_mean, m2 / total, total)
+
+
+def normalize(stats: RunningStats, x: jax.Array, clip: float) -> jax.Array:
+    return jnp.clip((x - stats.mean) / jnp.sqrt(stats.var + 1e-8), -clip, clip)
+
+
+def _where(mask, a, b):
+    """Per-env select between two pytrees whose leaves have the env axis first."""
+    return jax.tree.map(lambda x, y: jnp.where(mask.reshape(mask.shape + (1,) * (x.ndim - 1)), x, y), a, b)
+
+
+def _brax_env(name: str, num_envs: int, max_steps: int, backend: str, true_reset: bool):
+    from brax import envs as brax_envs
+
+    env = brax_envs.get_environment(name, backend=backend)
+
+    def reset(key):
+        s = jax.vmap(env.reset)(jax.random.split(key, num_envs))
+        return (s, jnp.zeros(num_envs, jnp.int32), key, s), s.obs
+
+    def step(state, action):
+        s, steps, key, first = state
+        s = jax.vmap(env.step)(s, action)
+        steps = steps + 1
+        terminated = s.done > 0
+        truncated = (steps >= max_steps) & ~terminated
+        done = terminated | truncated
+        if true_reset:  # fresh random start states; the cond skips the reset cost on most steps
+            key, sub = jax.random.split(key)
+            fresh = jax.lax.cond(done.any(), lambda: jax.vmap(env.reset)(jax.random.split(sub, num_envs)),
+                                 lambda: s)
+        else:  # Brax's own trainers: every env restarts from its first start state
+            fresh = first
+        reward, final_obs = s.reward, s.obs
+        s = _where(done, fresh, s)
+        return (s, jnp.where(done, 0, steps), key, first), s.obs, reward, terminated, truncated, final_obs
+
+    spec = EnvSpec(f"brax/{name}", (env.observation_size,), False, env.action_size,
+                   -np.ones(env.action_size, np.float32), np.ones(env.action_size, np.float32), max_steps)
+    return reset, step, spec, lambda: None
+
+
+def _gym_env(env_id: str, num_envs: int, num_copies: int, max_steps: int | None, asynchronous: bool,
+             video_dir: str | None):
+    import gymnasium as gym
+
+    total = num_envs * num_copies
+
+    def make_one(i):
+        record = video_dir is not None and i == 0
+        e = gym.make(env_id, max_episode_steps=max_steps, render_mode="rgb_array" if record else None)
+        return gym.wrappers.RecordVideo(e, video_dir, episode_trigger=lambda _: True) if record else e
+
+    fns = [lambda i=i: make_one(i) for i in range(total)]
+    vector = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
+    # SAME_STEP: the step that ends an episode returns the reset observation and the true final one in
+    # info, so no reset transition ever reaches the learner (Gymnasium 1.x defaults to NEXT_STEP).
+    venv = vector(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    space = venv.single_action_space
+    discrete = isinstance(space, gym.spaces.Discrete)
+    obs_shape = venv.single_observation_space.shape
+    act_shape = () if discrete else space.shape
+    act_dtype = np.int32 if discrete else np.float32
+
+    # Callbacks see a leading axis per vmapped seed (vmap_method="broadcast_all"); all seeds step one
+    # host vector env of num_copies * num_envs envs, so --num-seeds costs one callback per step.
+    def host_reset(seed):
+        seed = np.asarray(seed)
+        if seed.size != num_copies:
+            raise ValueError(f"env built for {num_copies} seed copies, got {seed.size}")
+        seeds = (seed.reshape(-1, 1) + np.arange(num_envs)).reshape(-1)
+        obs, _ = venv.reset(seed=[int(s) for s in seeds])
+        return np.zeros(seed.shape, np.int32), obs.astype(np.float32).reshape(seed.shape + (num_envs,) + obs_shape)
+
+    def host_step(token, action):
+        token, action = np.asarray(token), np.asarray(action)  # convert once; indexing jax Arrays is slow
+        lead = token.shape
+        obs, reward, terminated, truncated, info = venv.step(action.reshape((total,) + act_shape))
+        obs = obs.astype(np.float32)
+        final_obs = obs.copy()
+        if "_final_obs" in info:
+            for i in np.flatnonzero(info["_final_obs"]):
+                final_obs[i] = info["final_obs"][i]
+        shape = lead + (num_envs,)
+        return (token + 1, obs.reshape(shape + obs_shape), reward.astype(np.float32).reshape(shape),
+                terminated.reshape(shape), truncated.reshape(shape), final_obs.reshape(shape + obs_shape))
+
+    def reset(key):
+        seed = jax.random.randint(key, (), 0, 2**30)  # + env index stays a valid seed
+        out = (jax.ShapeDtypeStruct((), jnp.int32), jax.ShapeDtypeStruct((num_envs,) + obs_shape, jnp.float32))
+        return jax.pure_callback(host_reset, out, seed, vmap_method="broadcast_all")
+
+    def step(token, action):
+        vec, flag = (num_envs,), jax.ShapeDtypeStruct((num_envs,), jnp.bool_)
+        out = (jax.ShapeDtypeStruct((), jnp.int32), jax.ShapeDtypeStruct(vec + obs_shape, jnp.float32),
+               jax.ShapeDtypeStruct(vec, jnp.float32), flag, flag, jax.ShapeDtypeStruct(vec + obs_shape, jnp.float32))
+        # The token threads host-env order through the program even when actions ignore observations.
+        return jax.pure_callback(host_step, out, token, action.astype(act_dtype), vmap_method="broadcast_all")
+
+    limit = max_steps if max_steps is not None else gym.spec(env_id).max_episode_steps
+    spec = EnvSpec(env_id, obs_shape, discrete, int(space.n) if discrete else int(np.prod(act_shape)),
+                   None if discrete else space.low.astype(np.float32),
+                   None if discrete else space.high.astype(np.float32), limit)
+    return reset, step, spec, venv.close
+
+
+def check_env_id(env_id: str) -> None:
+    """Fail fast, before anything is built, on ids no backend knows."""
+    if env_id.startswith("brax/"):
+        from brax import envs as brax_envs
+        name, known = env_id[5:], sorted(brax_envs._envs)
+        if name not in known:
+            raise UsageError(f"unknown Brax env '{name}'{suggest(name, known)}; Brax envs: {', '.join(known)}")
+    elif env_id.startswith("gymnax/"):
+        raise UsageError(f"'{env_id}': gymnax envs are discrete; use ppo_discrete.py")
+    else:
+        import gymnasium as gym
+        if env_id not in gym.registry:
+            hint = suggest(env_id, gym.registry.keys()) or " (Brax envs are named brax/NAME, e.g. brax/ant)"
+            raise UsageError(f"unknown env id '{env_id}'{hint}; pick a registered Gymnasium id")
+
+
+def make_env(env_id: str, num_envs: int, *, num_copies: int = 1, max_episode_steps: int | None = None,
+             normalize_obs: bool = False, normalize_reward: bool = False, gamma: float = 0.99,
+             reward_scale: float = 1.0, clip: float = 10.0, freeze_stats: bool = False,
+             brax_backend: str = "generalized", brax_true_reset: bool = True, asynchronous: bool = False,
+             video_dir: str | None = None) -> Env:
+    """Build an env; `num_copies` is the number of vmapped seeds that will share it (Gymnasium only).
+
+    With `freeze_stats=True` the normalisation statistics passed to `reset` stay frozen (evaluation).
+    Continuous actions are clipped to the action bounds.
+    """
+    check_env_id(env_id)
+    if env_id.startswith("brax/"):
+        if brax_backend not in BRAX_BACKENDS:
+            raise UsageError(f"unknown Brax backend '{brax_backend}'; choose one of {', '.join(BRAX_BACKENDS)}")
+        base_reset, base_step, spec, close = _brax_env(env_id[5:], num_envs, max_episode_steps or 1000,
+                                                       brax_backend, brax_true_reset)
+    else:
+        base_reset, base_step, spec, close = _gym_env(env_id, num_envs, num_copies, max_episode_steps,
+                                                      asynchronous, video_dir)
+
+    def fresh_norm():
+        return NormStats(init_stats(spec.obs_shape), init_stats(()))
+
+    def observe(norm, obs):
+        return normalize(norm.obs, obs, clip) if normalize_obs else obs
+
+    def reset(key, norm=None):
+        inner, obs = base_reset(key)
+        norm = fresh_norm() if norm is None else norm
+        if normalize_obs and not freeze_stats:
+            norm = norm._replace(obs=update_stats(norm.obs, obs))
+        zeros = jnp.zeros(num_envs, jnp.float32)
+        state = EnvState(inner, zeros, jnp.zeros(num_envs, jnp.int32), zeros, norm)
+        return state, observe(norm, obs)
+
+    def step(state, action):
+        if not spec.discrete:
+            action = jnp.clip(action, spec.action_low, spec.action_high)
+        inner, obs, reward, terminated, truncated, final_obs = base_step(state.inner, action)
+        done = terminated | truncated
+        ep_return, ep_length = state.episode_return + reward, state.episode_length + 1
+        discounted = state.discounted_return * gamma + reward
+        norm = state.norm
+        if normalize_obs and not freeze_stats:
+            norm = norm._replace(obs=update_stats(norm.obs, obs))
+        if normalize_reward and not freeze_stats:
+            norm = norm._replace(ret=update_stats(norm.ret, discounted))
+        if normalize_reward:  # CleanRL/Gymnasium: divide by the std of the discounted return
+            reward = jnp.clip(reward / jnp.sqrt(norm.ret.var + 1e-8), -clip, clip)
+        state = EnvState(inner, jnp.where(done, 0.0, ep_return), jnp.where(done, 0, ep_length),
+                         jnp.where(done, 0.0, discounted), norm)
+        episode = EpisodeStats(done, ep_return, ep_length)
+        return (state, observe(norm, obs), reward * reward_scale, terminated, truncated,
+                observe(norm, final_obs), episode)
+
+    return Env(reset, step, spec, num_envs, close)
+

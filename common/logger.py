@@ -1,0 +1,111 @@
+"""Run directories, metric logging (TensorBoard, CSV, optional wandb) and checkpoints."""
+import csv
+import os
+import pickle
+import shutil
+import socket
+import time
+
+import jax
+import numpy as np
+from tensorboardX import SummaryWriter
+
+from common.config import UsageError
+
+
+def run_name(env_id: str, exp_name: str, seed: int, stamp: int) -> str:
+    return f"{env_id.replace('/', '_')}__{exp_name}__{seed}__{stamp}"
+
+
+def prepare_run_dir(path: str, clear_out: bool) -> None:
+    """Refuse to mix a new run into an existing directory unless asked to replace it."""
+    if os.path.exists(path):
+        if not clear_out:
+            raise UsageError(f"run directory '{path}' already exists; pass --clear-out to replace it "
+                             f"or change --exp-name")
+        shutil.rmtree(path)
+    os.makedirs(path)
+
+
+def _wandb_reachable(timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection(("api.wandb.ai", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+class RunLogger:
+    """Writes every metric to TensorBoard and `metrics.csv` (long format) in the run directory, flushed
+    after each call so an interrupted run keeps what it logged."""
+
+    def __init__(self, path: str, name: str, config: dict, track: bool = False,
+                 wandb_project: str = "cleanRL", wandb_entity: str | None = None):
+        self.path = path
+        self.wandb = None
+        if track:
+            import wandb
+            mode = os.environ.get("WANDB_MODE") or ("online" if _wandb_reachable() else "offline")
+            if mode == "offline":
+                print("wandb: service unreachable, logging offline (sync later with `wandb sync`)")
+            self.wandb = wandb.init(project=wandb_project, entity=wandb_entity, name=name, config=config,
+                                    dir=path, mode=mode, sync_tensorboard=True, save_code=True,
+                                    reinit="create_new", settings=wandb.Settings(init_timeout=30))
+        self.writer = SummaryWriter(path)
+        self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" +
+                             "\n".join(f"|{k}|{v}|" for k, v in config.items()))
+        new = not os.path.exists(os.path.join(path, "metrics.csv"))
+        self.csv_file = open(os.path.join(path, "metrics.csv"), "a", newline="")
+        self.csv = csv.writer(self.csv_file)
+        if new:
+            self.csv.writerow(["global_step", "metric", "value", "wall_time"])
+
+    def log(self, step: int, metrics: dict) -> None:
+        now = time.time()
+        for key, value in metrics.items():
+            self.writer.add_scalar(key, float(value), step, walltime=now)
+            self.csv.writerow([step, key, float(value), round(now, 3)])
+        self.writer.flush()
+        self.csv_file.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+        self.csv_file.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def save_checkpoint(path: str, params, norm, config: dict) -> None:
+    """Parameters, normalisation statistics and config in one pickle, written atomically."""
+    blob = {"params": jax.tree.map(np.asarray, params), "norm": jax.tree.map(np.asarray, norm), "config": config}
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        pickle.dump(blob, f)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"model file '{path}' not found; pass the path of a saved model (runs/NAME/model.ckpt)")
+    except (pickle.UnpicklingError, EOFError, KeyError) as e:
+        raise UsageError(f"model file '{path}' is not a checkpoint written by --save-model ({e})")
+
+
+class TrainProgress:
+    """A progress bar over env steps with a free-text field (SPS, latest returns)."""
+
+    def __init__(self, total_steps: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        self.progress = Progress(TextColumn("steps"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                 TextColumn("{task.fields[info]}"))
+        self.task = self.progress.add_task("train", total=total_steps, info="compiling...")
+        self.progress.start()
+
+    def update(self, step: int, info: str) -> None:
+        self.progress.update(self.task, completed=step, info=info)
+
+    def close(self) -> None:
+        self.progress.stop()

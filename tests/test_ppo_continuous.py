@@ -1,0 +1,180 @@
+import jax.numpy as jnp
+import numpy as np
+
+from ppo_continuous import compute_gae
+
+
+def gae_reference(values, rewards, terminated, truncated, next_values, gamma, lam):
+    """Plain loop: bootstrap from the next value unless terminated; the trace stops at any episode end."""
+    T, N = values.shape
+    adv = np.zeros((T, N))
+    for n in range(N):
+        running = 0.0
+        for t in reversed(range(T)):
+            done = terminated[t, n] or truncated[t, n]
+            bootstrap = 0.0 if terminated[t, n] else gamma * next_values[t, n]
+            delta = rewards[t, n] + bootstrap - values[t, n]
+            running = delta + (0.0 if done else gamma * lam * running)
+            adv[t, n] = running
+    return adv, adv + values
+
+
+def test_gae_matches_numpy_loop_with_terminations_and_truncations():
+    rng = np.random.default_rng(0)
+    T, N = 37, 5
+    values, rewards, next_values = (rng.normal(size=(T, N)) for _ in range(3))
+    terminated = rng.random((T, N)) < 0.1
+    truncated = (rng.random((T, N)) < 0.1) & ~terminated
+    adv, ret = compute_gae(jnp.asarray(values), jnp.asarray(rewards), jnp.asarray(terminated, jnp.float32),
+                           jnp.asarray(terminated | truncated, jnp.float32), jnp.asarray(next_values), 0.99, 0.95)
+    ref_adv, ref_ret = gae_reference(values, rewards, terminated, truncated, next_values, 0.99, 0.95)
+    assert terminated.any() and truncated.any()
+    np.testing.assert_allclose(adv, ref_adv, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ret, ref_ret, rtol=1e-5, atol=1e-5)
+
+
+def test_gae_truncation_bootstraps_and_termination_does_not():
+    # one env, two steps; step 0 ends the episode
+    values, rewards, next_values = jnp.array([[1.0], [2.0]]), jnp.array([[0.5], [0.0]]), jnp.array([[10.0], [0.0]])
+    trunc, _ = compute_gae(values, rewards, jnp.zeros((2, 1)), jnp.array([[1.0], [0.0]]), next_values, 0.9, 0.95)
+    term, _ = compute_gae(values, rewards, jnp.array([[1.0], [0.0]]), jnp.array([[1.0], [0.0]]), next_values, 0.9, 0.95)
+    assert np.isclose(trunc[0, 0], 0.5 + 0.9 * 10.0 - 1.0)
+    assert np.isclose(term[0, 0], 0.5 - 1.0)
+
+
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+import ppo_continuous
+from common.config import run_main
+from common.envs import make_env
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cli(monkeypatch, capsys, *argv):
+    """Run the script's main in-process; returns (exit code, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["ppo_continuous.py", *argv])
+    code = 0
+    try:
+        run_main(ppo_continuous.main)
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--env-id", "Hoper-v4"], "unknown env id 'Hoper-v4' (did you mean Hopper-v4"),
+    (["--env-id", "brax/antt"], "unknown Brax env 'antt' (did you mean ant"),
+    (["--env-id", "CartPole-v1"], "has discrete actions"),
+    (["--env-id", "gymnax/CartPole-v1"], "use ppo_discrete.py"),
+    (["--num-steps", "100"], "is not divisible by --num-minibatches 32"),
+    (["--num-envs", "0"], "--num-envs must be positive"),
+    (["--total-timesteps", "-5"], "--total-timesteps must be positive"),
+    (["--config", "missing.yaml"], "config file 'missing.yaml' not found"),
+    (["--eval-only"], "--eval-only needs --load-model"),
+    (["--load-model", "missing.ckpt"], "model file 'missing.ckpt' not found"),
+    (["--activation", "sigmoid"], "unknown --activation 'sigmoid'"),
+])
+def test_bad_input_exits_2_with_one_line(monkeypatch, capsys, tmp_path, argv, message):
+    monkeypatch.chdir(tmp_path)
+    code, err = cli(monkeypatch, capsys, *argv)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
+    assert not os.path.exists(tmp_path / "runs")  # nothing trained or logged
+
+
+def test_existing_run_dir_is_not_overwritten(monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(ppo_continuous.time, "time", lambda: 1234.0)
+    os.makedirs("runs/Pendulum-v1__x__1__1234")
+    code, err = cli(monkeypatch, capsys, "--env-id", "Pendulum-v1", "--exp-name", "x")
+    assert code == 2 and "--clear-out" in err
+
+
+def small_args(**kw):
+    base = dict(env_id="brax/inverted_pendulum", brax_backend="positional", num_envs=32, num_steps=64,
+                num_minibatches=4, update_epochs=4, total_timesteps=32 * 64 * 16)
+    return ppo_continuous.Args(**{**base, **kw})
+
+
+def build(args, chunk):
+    kw = dict(normalize_obs=args.normalize_obs, normalize_reward=args.normalize_reward,
+              brax_backend=args.brax_backend)
+    env = make_env(args.env_id, args.num_envs, **kw)
+    eval_env = make_env(args.env_id, 8, freeze_stats=True, **kw)
+    return ppo_continuous.make_train(args, env, eval_env, chunk)
+
+
+def test_brax_inverted_pendulum_learns_and_is_deterministic():
+    args = small_args(total_timesteps=32 * 64 * 32, learning_rate=1e-3)
+    init, train_chunk, evaluate = build(args, 16)
+    train_chunk, evaluate = jax.jit(train_chunk), jax.jit(evaluate)
+    state = jax.jit(init)(jax.random.PRNGKey(0))
+    first = None
+    for i in range(2):  # 65k env steps
+        state, metrics = train_chunk(state)
+        first = metrics if first is None else first
+    returns = evaluate(state.params, state.env_state.norm, jax.random.PRNGKey(1))
+    assert returns.mean() >= 950, returns  # the pole stays up (max 1000) with frozen normalisation
+    again = jax.jit(init)(jax.random.PRNGKey(0))
+    _, metrics = train_chunk(again)
+    for key in first:  # same seed, same numbers
+        np.testing.assert_array_equal(first[key], metrics[key], err_msg=key)
+
+
+def run_script(tmp_path, *argv):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "ppo_continuous.py"), *argv], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+
+
+def read_metrics(run_dir):
+    import csv
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_cli_gymnasium_trains_logs_saves_and_evaluates(tmp_path):
+    out = run_script(tmp_path, "--env-id", "Pendulum-v1", "--num-envs", "2", "--num-steps", "256",
+                     "--num-minibatches", "4", "--update-epochs", "2", "--total-timesteps", "4096",
+                     "--eval-every", "2048", "--num-eval-envs", "2", "--save-model", "--exp-name", "smoke",
+                     "--num-seeds", "2")
+    assert out.returncode == 0, out.stderr
+    run_dirs = sorted((tmp_path / "runs").iterdir())
+    assert [d.name.split("__")[:3] for d in run_dirs] == [["Pendulum-v1", "smoke", "1"], ["Pendulum-v1", "smoke", "2"]]
+    rows = read_metrics(run_dirs[0])
+    names = {r["metric"] for r in rows}
+    for name in ["charts/episodic_return", "charts/episodic_length", "charts/SPS", "charts/learning_rate",
+                 "losses/value_loss", "losses/policy_loss", "losses/entropy", "losses/approx_kl",
+                 "losses/clipfrac", "losses/explained_variance", "eval/episodic_return"]:
+        assert name in names, name
+    steps = sorted({int(r["global_step"]) for r in rows if r["metric"] == "losses/value_loss"})
+    assert steps == [512 * k for k in range(1, 9)]  # global_step counts env steps
+    lengths = [float(r["value"]) for r in rows if r["metric"] == "charts/episodic_length"]
+    assert lengths and all(v == 200 for v in lengths)  # Pendulum's time limit
+    evals = [r for r in rows if r["metric"] == "eval/episodic_return"]
+    assert [int(r["global_step"]) for r in evals] == [2048, 4096]
+    assert any(f.name.startswith("events.out.tfevents") for f in run_dirs[0].iterdir())
+
+    ckpt = str(run_dirs[1] / "model.ckpt")
+    out = run_script(tmp_path, "--load-model", ckpt, "--eval-only", "--num-eval-envs", "3", "--seed", "7")
+    assert out.returncode == 0, out.stderr
+    assert "eval/episodic_return" in out.stdout
+    eval_dir = next(d for d in (tmp_path / "runs").iterdir() if "-eval" in d.name)
+    assert any(r["metric"] == "eval/episodic_return" for r in read_metrics(eval_dir))
+
+
+def test_cli_brax_smoke(tmp_path):
+    out = run_script(tmp_path, "--env-id", "brax/inverted_pendulum", "--brax-backend", "positional",
+                     "--num-envs", "16", "--num-steps", "32", "--num-minibatches", "4", "--update-epochs", "1",
+                     "--total-timesteps", "2048", "--eval-every", "1024", "--num-eval-envs", "2",
+                     "--eval-max-episode-steps", "50", "--exp-name", "smoke")
+    assert out.returncode == 0, out.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    rows = read_metrics(run_dir)
+    evals = [float(r["value"]) for r in rows if r["metric"] == "eval/episodic_return"]
+    assert len(evals) == 2 and all(0 < v <= 50 for v in evals)  # eval envs use their own time limit
