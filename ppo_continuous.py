@@ -335,6 +335,8 @@ def main():
     check_args(args)
     jax.config.update("jax_default_matmul_precision", "highest")  # TF32 on GPUs breaks RL training
 
+    if args.capture_video:
+        os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo renders headless through EGL
     env_kwargs = dict(normalize_obs=args.normalize_obs, normalize_reward=args.normalize_reward, gamma=args.gamma,
                       reward_scale=args.reward_scale, brax_backend=args.brax_backend,
                       brax_true_reset=args.brax_true_reset, asynchronous=args.async_envs)

@@ -125,11 +125,15 @@ def _gym_env(env_id: str, num_envs: int, num_copies: int, max_steps: int | None,
     import gymnasium as gym
 
     total = num_envs * num_copies
+    limit = max_steps if max_steps is not None else gym.spec(env_id).max_episode_steps
 
     def make_one(i):
         record = video_dir is not None and i == 0
         e = gym.make(env_id, max_episode_steps=max_steps, render_mode="rgb_array" if record else None)
-        return gym.wrappers.RecordVideo(e, video_dir, episode_trigger=lambda _: True) if record else e
+        if not record:
+            return e
+        # each evaluation steps every env exactly `limit` times, so this films its first episode
+        return gym.wrappers.RecordVideo(e, video_dir, step_trigger=lambda t: t % limit == 0, video_length=0)
 
     fns = [lambda i=i: make_one(i) for i in range(total)]
     vector = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
@@ -177,7 +181,6 @@ def _gym_env(env_id: str, num_envs: int, num_copies: int, max_steps: int | None,
         # The token threads host-env order through the program even when actions ignore observations.
         return jax.pure_callback(host_step, out, token, action.astype(act_dtype), vmap_method="broadcast_all")
 
-    limit = max_steps if max_steps is not None else gym.spec(env_id).max_episode_steps
     spec = EnvSpec(env_id, obs_shape, discrete, int(space.n) if discrete else int(np.prod(act_shape)),
                    None if discrete else space.low.astype(np.float32),
                    None if discrete else space.high.astype(np.float32), limit)

@@ -49,8 +49,9 @@ class RunLogger:
             if mode == "offline":
                 print("wandb: service unreachable, logging offline (sync later with `wandb sync`)")
             self.wandb = wandb.init(project=wandb_project, entity=wandb_entity, name=name, config=config,
-                                    dir=path, mode=mode, sync_tensorboard=True, save_code=True,
-                                    reinit="create_new", settings=wandb.Settings(init_timeout=30))
+                                    dir=path, mode=mode, save_code=True, reinit="create_new",
+                                    settings=wandb.Settings(init_timeout=30))
+            self.wandb.define_metric("*", step_metric="global_step")
         self.writer = SummaryWriter(path)
         self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" +
                              "\n".join(f"|{k}|{v}|" for k, v in config.items()))
@@ -65,6 +66,8 @@ class RunLogger:
         for key, value in metrics.items():
             self.writer.add_scalar(key, float(value), step, walltime=now)
             self.csv.writerow([step, key, float(value), round(now, 3)])
+        if self.wandb is not None:
+            self.wandb.log({**{k: float(v) for k, v in metrics.items()}, "global_step": step})
         self.writer.flush()
         self.csv_file.flush()
 

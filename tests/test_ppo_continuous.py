@@ -178,3 +178,17 @@ def test_cli_brax_smoke(tmp_path):
     rows = read_metrics(run_dir)
     evals = [float(r["value"]) for r in rows if r["metric"] == "eval/episodic_return"]
     assert len(evals) == 2 and all(0 < v <= 50 for v in evals)  # eval envs use their own time limit
+
+
+def test_cli_capture_video_and_offline_wandb(tmp_path):
+    env = {**os.environ, "WANDB_MODE": "offline", "MUJOCO_GL": "egl"}
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "ppo_continuous.py"), "--env-id", "Hopper-v4",
+                          "--num-steps", "256", "--num-minibatches", "4", "--update-epochs", "1",
+                          "--total-timesteps", "512", "--eval-every", "256", "--num-eval-envs", "1",
+                          "--capture-video", "--track", "--exp-name", "video"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    videos = sorted(p.name for p in (run_dir / "videos").glob("*.mp4"))
+    assert videos == ["rl-video-step-0.mp4", "rl-video-step-1000.mp4"]  # first episode of each evaluation
+    assert (run_dir / "wandb" / "latest-run").exists()
