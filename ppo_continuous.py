@@ -130,12 +130,10 @@ class TrainState(NamedTuple):
 class Transition(NamedTuple):
     obs: jax.Array
     action: jax.Array
-    logprob: jax.Array
-    value: jax.Array
     reward: jax.Array
     terminated: jax.Array
-    done: jax.Array
-    next_value: jax.Array  # value of the next observation of the same episode (the final one at its end)
+    truncated: jax.Array
+    final_obs: jax.Array  # the observation after this step in the same episode (the true last one at its end)
     episode: EpisodeStats
 
 
@@ -196,20 +194,15 @@ def make_train(args, env, eval_env, updates_per_chunk):
         env_state, obs = env.reset(k_env, norm)
         return TrainState(params, tx.init(params), env_state, obs, key, jnp.int32(0))
 
-    def env_step(carry, _):
-        params, env_state, obs, key = carry
-        key, k_action = jax.random.split(key)
-        dist = policy(params, obs)
-        action = dist.sample(seed=k_action)
+    def env_step(carry, noise):
+        # Only the acting chain runs per step: values and log-probs are computed for the whole rollout
+        # afterwards. Independent work beside the host callback (sampling, the critic) made XLA run the
+        # loop body on several threads and cost more than the work itself.
+        params, env_state, obs = carry
+        action = mlp_apply(params["actor"], obs, args.activation) + jnp.exp(params["log_std"]) * noise
         env_state, next_obs, reward, terminated, truncated, final_obs, episode = env.step(env_state, action)
-        if args.bootstrap_truncation:
-            next_value = value(params, final_obs)
-        else:  # CleanRL: a time limit ends the return like a termination
-            terminated, next_value = terminated | truncated, value(params, next_obs)
-        t = Transition(obs, action, dist.log_prob(action), value(params, obs), reward,
-                       terminated.astype(jnp.float32), (terminated | truncated).astype(jnp.float32), next_value,
-                       episode)
-        return (params, env_state, next_obs, key), t
+        return (params, env_state, next_obs), Transition(obs, action, reward, terminated, truncated, final_obs,
+                                                         episode)
 
     def loss_fn(params, mb):
         dist = policy(params, mb.obs)
@@ -260,14 +253,19 @@ def make_train(args, env, eval_env, updates_per_chunk):
         params, opt_state, env_state, obs, key, update = state
         lr = args.learning_rate * (1.0 - update / num_updates) if args.anneal_lr else args.learning_rate
         opt_state[-1].hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
-        key, k_reset, k_epochs = jax.random.split(key, 3)
+        key, k_reset, k_noise, k_epochs = jax.random.split(key, 4)
         if args.reset_env:
             env_state, obs = env.reset(k_reset, env_state.norm)
-        (params, env_state, obs, key), traj = jax.lax.scan(env_step, (params, env_state, obs, key), None,
-                                                           args.num_steps)
-        advantages, returns = compute_gae(traj.value, traj.reward, traj.terminated, traj.done, traj.next_value,
-                                          args.gamma, args.gae_lambda)
-        batch = Batch(traj.obs, traj.action, traj.logprob, traj.value, advantages, returns)
+        noise = jax.random.normal(k_noise, (args.num_steps, args.num_envs, env.spec.action_dim))
+        (params, env_state, obs), traj = jax.lax.scan(env_step, (params, env_state, obs), noise)
+        values, next_values = value(params, traj.obs), value(params, traj.final_obs)
+        logprobs = policy(params, traj.obs).log_prob(traj.action)
+        done = traj.terminated | traj.truncated
+        # with bootstrapping off a time limit ends the return like a termination (CleanRL)
+        terminal = traj.terminated if args.bootstrap_truncation else done
+        advantages, returns = compute_gae(values, traj.reward, terminal.astype(jnp.float32),
+                                          done.astype(jnp.float32), next_values, args.gamma, args.gae_lambda)
+        batch = Batch(traj.obs, traj.action, logprobs, values, advantages, returns)
         batch = jax.tree.map(lambda x: x.reshape((batch_size,) + x.shape[2:]), batch)
         (params, opt_state, _), metrics = jax.lax.scan(partial(update_epoch, batch),
                                                        (params, opt_state, jnp.bool_(False)),
