@@ -7,7 +7,8 @@ Both work inside `jax.lax.scan` and `jax.vmap`. Envs reset themselves when an ep
 is then the true last observation of the finished episode (else it equals `obs`), and `episode` carries
 the raw (unnormalised) return and length of episodes that finished on this step.
 
-Env ids: Gymnasium ids as they are (`Hopper-v4`); Brax envs as `brax/NAME` (`brax/ant`).
+Env ids: Gymnasium ids as they are (`Hopper-v4`); JAX-native envs by prefix: `brax/NAME` (`brax/ant`),
+`gymnax/NAME` (`gymnax/CartPole-v1`).
 """
 from typing import Any, Callable, NamedTuple
 
@@ -120,6 +121,44 @@ def _brax_env(name: str, num_envs: int, max_steps: int, backend: str, true_reset
     return reset, step, spec, lambda: None
 
 
+def _gymnax_env(name: str, num_envs: int, max_steps: int | None):
+    import gymnax
+
+    env, params = gymnax.make(name)
+    if max_steps is not None:
+        params = params.replace(max_steps_in_episode=max_steps)
+    limit = params.max_steps_in_episode
+    no_limit = params.replace(max_steps_in_episode=2**30)  # is_terminal without the time limit
+    vreset = jax.vmap(env.reset, in_axes=(0, None))
+
+    def reset(key):
+        obs, s = vreset(jax.random.split(key, num_envs), params)
+        return (s, key), obs.astype(jnp.float32)
+
+    def step(state, action):
+        s, key = state
+        key, k_step, k_reset = jax.random.split(key, 3)
+        # step_env does not auto-reset, so the final observation is still there
+        obs, s, reward, _, _ = jax.vmap(env.step_env, in_axes=(0, 0, 0, None))(
+            jax.random.split(k_step, num_envs), s, action, params)
+        terminated = jax.vmap(env.is_terminal, in_axes=(0, None))(s, no_limit)
+        truncated = (s.time >= limit) & ~terminated
+        done = terminated | truncated
+        fresh_obs, fresh = vreset(jax.random.split(k_reset, num_envs), params)
+        s, next_obs = _where(done, fresh, s), jnp.where(done[:, None], fresh_obs, obs)
+        return ((s, key), next_obs.astype(jnp.float32), reward.astype(jnp.float32), terminated, truncated,
+                obs.astype(jnp.float32))
+
+    space = env.action_space(params)
+    discrete = hasattr(space, "n")
+    shape = () if discrete else space.shape
+    spec = EnvSpec(f"gymnax/{name}", env.observation_space(params).shape, discrete,
+                   int(space.n) if discrete else int(np.prod(shape)),
+                   None if discrete else np.broadcast_to(space.low, shape).astype(np.float32),
+                   None if discrete else np.broadcast_to(space.high, shape).astype(np.float32), int(limit))
+    return reset, step, spec, lambda: None
+
+
 def _gym_env(env_id: str, num_envs: int, num_copies: int, max_steps: int | None, asynchronous: bool,
              video_dir: str | None):
     import gymnasium as gym
@@ -195,7 +234,10 @@ def check_env_id(env_id: str) -> None:
         if name not in known:
             raise UsageError(f"unknown Brax env '{name}'{suggest(name, known)}; Brax envs: {', '.join(known)}")
     elif env_id.startswith("gymnax/"):
-        raise UsageError(f"'{env_id}': gymnax envs are discrete; use ppo_discrete.py")
+        import gymnax
+        name, known = env_id[7:], gymnax.registered_envs
+        if name not in known:
+            raise UsageError(f"unknown gymnax env '{name}'{suggest(name, known)}; gymnax envs: {', '.join(known)}")
     else:
         import gymnasium as gym
         if env_id not in gym.registry:
@@ -219,6 +261,8 @@ def make_env(env_id: str, num_envs: int, *, num_copies: int = 1, max_episode_ste
             raise UsageError(f"unknown Brax backend '{brax_backend}'; choose one of {', '.join(BRAX_BACKENDS)}")
         base_reset, base_step, spec, close = _brax_env(env_id[5:], num_envs, max_episode_steps or 1000,
                                                        brax_backend, brax_true_reset)
+    elif env_id.startswith("gymnax/"):
+        base_reset, base_step, spec, close = _gymnax_env(env_id[7:], num_envs, max_episode_steps)
     else:
         base_reset, base_step, spec, close = _gym_env(env_id, num_envs, num_copies, max_episode_steps,
                                                       asynchronous, video_dir)

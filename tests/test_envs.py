@@ -153,3 +153,32 @@ def test_actions_are_clipped_to_bounds():
     _, _, (_, big, *_rest) = rollout(env, jnp.full((3, 1, 1), 50.0))
     _, _, (_, edge, *_rest) = rollout(env, jnp.full((3, 1, 1), 2.0))
     np.testing.assert_allclose(big, edge)
+
+
+def test_gymnax_truncation_termination_and_final_obs():
+    import gymnax
+    env = make_env("gymnax/CartPole-v1", 1, max_episode_steps=8)
+    _, _, (obs, reward, term, trunc, final_obs, ep) = rollout(env, jnp.zeros((20, 1), jnp.int32))
+    # pushing left every step topples the pole before 8 steps? check against gymnax itself
+    genv, params = gymnax.make("CartPole-v1")
+    params = params.replace(max_steps_in_episode=10**6)
+    key = jax.random.PRNGKey(0)
+    raw_obs, s = genv.reset(jax.random.split(key, 1)[0], params)
+    rows = []
+    for t in range(20):
+        o, s, r, d, _ = genv.step_env(key, s, 0, params)
+        rows.append((o, r, d))
+        if d:
+            break
+    end = len(rows) - 1
+    if end < 8:  # the pole fell first: a termination with the real final observation
+        assert term[end, 0] and not trunc[:end + 1, 0].any()
+        np.testing.assert_allclose(final_obs[end, 0], rows[end][0], rtol=1e-5)
+    assert ep.done[:, 0].any()
+    # the time limit: an env that is not pushed over ends by truncation at step 8
+    env = make_env("gymnax/CartPole-v1", 1, max_episode_steps=8)
+    actions = jnp.tile(jnp.array([0, 1], jnp.int32), 10).reshape(20, 1)
+    _, _, (obs, reward, term, trunc, final_obs, ep) = rollout(env, actions)
+    assert list(np.flatnonzero(trunc[:, 0])) == [7, 15] and not term.any()
+    assert ep.episode_length[7, 0] == 8 and ep.episode_return[7, 0] == 8
+    assert not np.allclose(obs[7, 0], final_obs[7, 0]) and np.allclose(obs[6, 0], final_obs[6, 0])

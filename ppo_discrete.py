@@ -1,0 +1,484 @@
+"""PPO for discrete actions: CleanRL's ppo.py with the whole update (rollout, GAE, epochs x minibatches)
+compiled into one jitted `jax.lax.scan`, on Gymnasium or gymnax envs; seeds and hyperparameter sweeps
+train together in one vmapped program.
+
+    python ppo_discrete.py --env-id CartPole-v1
+    python ppo_discrete.py --env-id gymnax/CartPole-v1 --num-seeds 8 --sweep learning-rate=1e-4,3e-4,1e-3
+"""
+import dataclasses
+import itertools
+import os
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import NamedTuple, Optional
+
+import distrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from common.config import UsageError, check_positive, parse_args, run_main
+from common.envs import EpisodeStats, make_env
+from common.logger import RunLogger, TrainProgress, load_checkpoint, prepare_run_dir, run_name, save_checkpoint
+from common.networks import ACTIVATIONS, mlp_apply, mlp_init
+
+# float knobs that --sweep can vary inside one compiled program (they are traced, not baked in)
+SWEEPABLE = ("learning_rate", "ent_coef", "clip_coef", "vf_coef", "gamma", "gae_lambda", "max_grad_norm")
+
+
+@dataclass
+class Args:
+    exp_name: str = "ppo_discrete"
+    """the name of this experiment (part of the run name)"""
+    seed: int = 1
+    """seed of the first run; seed i of --num-seeds uses seed + i"""
+    num_seeds: int = 1
+    """independent seeds trained at once (vmapped)"""
+    sweep: tuple[str, ...] = ()
+    """NAME=V1,V2,... of a float knob (learning-rate, ent-coef, clip-coef, vf-coef, gamma, gae-lambda,
+    max-grad-norm): every value x every seed trains in one vmapped program"""
+    config: Optional[str] = None
+    """YAML preset whose values become the defaults; flags override it"""
+    track: bool = False
+    """log to Weights & Biases"""
+    wandb_project_name: str = "cleanRL"
+    """the wandb project"""
+    wandb_entity: Optional[str] = None
+    """the wandb entity (team)"""
+    capture_video: bool = False
+    """record evaluation episodes to runs/{run_name}/videos (Gymnasium envs)"""
+    save_model: bool = False
+    """save params, normalisation statistics and config to runs/{run_name}/model.ckpt"""
+    load_model: Optional[str] = None
+    """start from (or, with --eval-only, evaluate) a saved model"""
+    eval_only: bool = False
+    """only evaluate --load-model, no training"""
+    clear_out: bool = False
+    """replace an existing run directory of the same name"""
+
+    env_id: str = "CartPole-v1"
+    """Gymnasium id (CartPole-v1) or gymnax/NAME (gymnax/CartPole-v1)"""
+    total_timesteps: int = 500000
+    """total env steps per seed"""
+    num_envs: int = 4
+    """parallel envs per seed"""
+    max_episode_steps: Optional[int] = None
+    """time limit of the training envs (default: the env's own)"""
+    eval_max_episode_steps: Optional[int] = None
+    """time limit of the evaluation envs (default: as training)"""
+    async_envs: bool = False
+    """Gymnasium AsyncVectorEnv (one process per env) instead of SyncVectorEnv"""
+    normalize_obs: bool = False
+    """running observation normalisation (frozen at evaluation)"""
+    normalize_reward: bool = False
+    """scale rewards by the std of the discounted return"""
+    reward_scale: float = 1.0
+    """multiply rewards by this (after normalisation)"""
+
+    learning_rate: float = 2.5e-4
+    """Adam learning rate"""
+    anneal_lr: bool = True
+    """anneal the learning rate linearly to 0"""
+    num_steps: int = 128
+    """steps per env per rollout"""
+    gamma: float = 0.99
+    """discount factor"""
+    gae_lambda: float = 0.95
+    """GAE lambda"""
+    num_minibatches: int = 4
+    """minibatches per epoch"""
+    update_epochs: int = 4
+    """epochs over each rollout"""
+    norm_adv: bool = True
+    """normalise advantages per minibatch"""
+    clip_coef: float = 0.2
+    """surrogate clipping coefficient"""
+    clip_vloss: bool = True
+    """clip the value loss as CleanRL does"""
+    ent_coef: float = 0.01
+    """entropy coefficient"""
+    vf_coef: float = 0.5
+    """value loss coefficient"""
+    max_grad_norm: Optional[float] = 0.5
+    """global gradient-norm clip (none: no clipping)"""
+    target_kl: Optional[float] = None
+    """stop the epochs of an update early once approx KL exceeds this"""
+    bootstrap_truncation: bool = True
+    """bootstrap from the final observation at time limits (off: CleanRL, truncation ends the return)"""
+    reset_env: bool = False
+    """reset every env at the start of each rollout (off: carry episodes across rollouts, as CleanRL)"""
+    actor_hidden: tuple[int, ...] = (64, 64)
+    """actor hidden layer sizes"""
+    critic_hidden: tuple[int, ...] = (64, 64)
+    """critic hidden layer sizes"""
+    activation: str = "tanh"
+    """hidden activation: tanh, relu, swish or elu"""
+
+    eval_every: int = 100000
+    """evaluate every this many env steps (and at the end)"""
+    num_eval_envs: int = 10
+    """evaluation episodes, one per eval env, greedy actions"""
+
+
+class TrainState(NamedTuple):
+    params: dict
+    opt_state: optax.OptState
+    env_state: object
+    obs: jax.Array
+    key: jax.Array
+    update: jax.Array  # updates done so far
+    hp: dict  # the swept float knobs of this run
+
+
+class Transition(NamedTuple):
+    obs: jax.Array
+    action: jax.Array
+    reward: jax.Array
+    terminated: jax.Array
+    truncated: jax.Array
+    final_obs: jax.Array  # the observation after this step in the same episode (the true last one at its end)
+    episode: EpisodeStats
+
+
+class Batch(NamedTuple):
+    obs: jax.Array
+    action: jax.Array
+    logprob: jax.Array
+    value: jax.Array
+    advantages: jax.Array
+    returns: jax.Array
+
+
+def compute_gae(values, rewards, terminated, done, next_values, gamma, gae_lambda):
+    """GAE over time-major arrays. `next_values[t]` is V of the observation after step t in the same
+    episode; `terminated` stops the bootstrap, `done` (terminated or truncated) stops the trace."""
+    def backward(next_adv, t):
+        value, reward, term, d, next_value = t
+        delta = reward + gamma * next_value * (1.0 - term) - value
+        adv = delta + gamma * gae_lambda * (1.0 - d) * next_adv
+        return adv, adv
+
+    _, advantages = jax.lax.scan(backward, jnp.zeros_like(values[0]),
+                                 (values, rewards, terminated, done, next_values), reverse=True)
+    return advantages, advantages + values
+
+
+def init_params(key, obs_size, num_actions, args):
+    k_actor, k_critic = jax.random.split(key)
+    return {"actor": mlp_init(k_actor, (obs_size, *args.actor_hidden, num_actions), 0.01),
+            "critic": mlp_init(k_critic, (obs_size, *args.critic_hidden, 1), 1.0)}
+
+
+def make_train(args, env, eval_env, updates_per_chunk):
+    """Returns pure functions `init(key, hp) -> TrainState`, `train_chunk(state) -> (state, metrics)` (that
+    many updates, metrics per update) and `evaluate(params, norm, key) -> returns`. `hp` holds the
+    SWEEPABLE knobs as arrays, so one compiled program serves every setting of a sweep."""
+    batch_size = args.num_envs * args.num_steps
+    num_updates = args.total_timesteps // batch_size
+    obs_size = int(np.prod(env.spec.obs_shape))
+
+    def policy(params, obs):
+        return distrax.Categorical(logits=mlp_apply(params["actor"], obs, args.activation))
+
+    def value(params, obs):
+        return mlp_apply(params["critic"], obs, args.activation)[..., 0]
+
+    def optimizer(hp):
+        adam = optax.inject_hyperparams(lambda learning_rate: optax.adam(learning_rate, eps=1e-5))
+        clip = [optax.clip_by_global_norm(hp["max_grad_norm"])] if args.max_grad_norm else []
+        return optax.chain(*clip, adam(learning_rate=hp["learning_rate"]))
+
+    def init(key, hp, params=None, norm=None):
+        key, k_params, k_env = jax.random.split(key, 3)
+        if params is None:
+            params = init_params(k_params, obs_size, env.spec.action_dim, args)
+        env_state, obs = env.reset(k_env, norm)
+        return TrainState(params, optimizer(hp).init(params), env_state, obs, key, jnp.int32(0), hp)
+
+    def env_step(carry, gumbel):
+        # Only the acting chain runs per step (argmax of logits + Gumbel noise samples the categorical);
+        # values and log-probs are computed for the whole rollout afterwards.
+        params, env_state, obs = carry
+        action = jnp.argmax(mlp_apply(params["actor"], obs, args.activation) + gumbel, axis=-1)
+        env_state, next_obs, reward, terminated, truncated, final_obs, episode = env.step(env_state, action)
+        return (params, env_state, next_obs), Transition(obs, action, reward, terminated, truncated, final_obs,
+                                                         episode)
+
+    def loss_fn(params, mb, hp):
+        dist = policy(params, mb.obs)
+        logratio = dist.log_prob(mb.action) - mb.logprob
+        ratio = jnp.exp(logratio)
+        advantages = mb.advantages
+        if args.norm_adv:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        clip = hp["clip_coef"]
+        pg_loss = jnp.maximum(-advantages * ratio, -advantages * jnp.clip(ratio, 1 - clip, 1 + clip)).mean()
+        new_value = value(params, mb.obs)
+        v_loss = (new_value - mb.returns) ** 2
+        if args.clip_vloss:
+            clipped = mb.value + jnp.clip(new_value - mb.value, -clip, clip)
+            v_loss = jnp.maximum(v_loss, (clipped - mb.returns) ** 2)
+        v_loss = 0.5 * v_loss.mean()
+        entropy = dist.entropy().mean()
+        loss = pg_loss - hp["ent_coef"] * entropy + hp["vf_coef"] * v_loss
+        return loss, {"losses/policy_loss": pg_loss, "losses/value_loss": v_loss, "losses/entropy": entropy,
+                      "losses/old_approx_kl": (-logratio).mean(),
+                      "losses/approx_kl": ((ratio - 1) - logratio).mean(),
+                      "losses/clipfrac": (jnp.abs(ratio - 1) > clip).mean()}
+
+    def update_minibatch(hp, carry, minibatch):
+        params, opt_state = carry
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(params, minibatch, hp)
+        updates, opt_state = optimizer(hp).update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), metrics
+
+    def update_epoch(batch, hp, carry, key):
+        params, opt_state, stopped = carry
+        perm = jax.random.permutation(key, batch_size)
+
+        def run():
+            minibatches = jax.tree.map(lambda x: x[perm].reshape((args.num_minibatches, -1) + x.shape[1:]), batch)
+            return jax.lax.scan(partial(update_minibatch, hp), (params, opt_state), minibatches)
+
+        if args.target_kl is None:
+            (params, opt_state), metrics = run()
+        else:  # as CleanRL: after each epoch, stop if the last minibatch's KL is above target
+            skip = lambda: ((params, opt_state), jax.tree.map(jnp.zeros_like, jax.eval_shape(run)[1]))
+            (params, opt_state), metrics = jax.lax.cond(stopped, skip, run)
+            metrics = jax.tree.map(lambda m: jnp.where(stopped, jnp.nan, m), metrics)
+            stopped = stopped | (metrics["losses/approx_kl"][-1] > args.target_kl)
+        return (params, opt_state, stopped), metrics
+
+    def update_step(state, _):
+        params, opt_state, env_state, obs, key, update, hp = state
+        lr = hp["learning_rate"] * (1.0 - update / num_updates) if args.anneal_lr else hp["learning_rate"]
+        opt_state[-1].hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
+        key, k_reset, k_noise, k_epochs = jax.random.split(key, 4)
+        if args.reset_env:
+            env_state, obs = env.reset(k_reset, env_state.norm)
+        gumbel = jax.random.gumbel(k_noise, (args.num_steps, args.num_envs, env.spec.action_dim))
+        (params, env_state, obs), traj = jax.lax.scan(env_step, (params, env_state, obs), gumbel)
+        values, next_values = value(params, traj.obs), value(params, traj.final_obs)
+        logprobs = policy(params, traj.obs).log_prob(traj.action)
+        done = traj.terminated | traj.truncated
+        # with bootstrapping off a time limit ends the return like a termination (CleanRL)
+        terminal = traj.terminated if args.bootstrap_truncation else done
+        advantages, returns = compute_gae(values, traj.reward, terminal.astype(jnp.float32),
+                                          done.astype(jnp.float32), next_values, hp["gamma"], hp["gae_lambda"])
+        batch = Batch(traj.obs, traj.action, logprobs, values, advantages, returns)
+        batch = jax.tree.map(lambda x: x.reshape((batch_size,) + x.shape[2:]), batch)
+        (params, opt_state, _), metrics = jax.lax.scan(partial(update_epoch, batch, hp),
+                                                       (params, opt_state, jnp.bool_(False)),
+                                                       jax.random.split(k_epochs, args.update_epochs))
+        metrics = jax.tree.map(jnp.nanmean, metrics)  # one number per update, so thousands of runs fit
+        metrics["losses/explained_variance"] = 1.0 - jnp.var(batch.returns - batch.value) / (
+            jnp.var(batch.returns) + 1e-8)
+        metrics["charts/learning_rate"] = jnp.asarray(lr, jnp.float32)
+        ep = traj.episode
+        metrics["episodes"] = ep.done.sum()
+        metrics["return_sum"] = jnp.where(ep.done, ep.episode_return, 0.0).sum()
+        metrics["length_sum"] = jnp.where(ep.done, ep.episode_length, 0).sum()
+        return TrainState(params, opt_state, env_state, obs, key, update + 1, hp), metrics
+
+    def train_chunk(state):
+        return jax.lax.scan(update_step, state, None, updates_per_chunk)
+
+    def evaluate(params, norm, key):
+        env_state, obs = eval_env.reset(key, norm)
+
+        def step(carry, _):
+            env_state, obs, returns, finished = carry
+            action = jnp.argmax(mlp_apply(params["actor"], obs, args.activation), axis=-1)
+            env_state, obs, _, _, _, _, ep = eval_env.step(env_state, action)
+            returns = jnp.where(ep.done & ~finished, ep.episode_return, returns)
+            return (env_state, obs, returns, finished | ep.done), None
+
+        zeros = jnp.zeros(eval_env.num_envs)
+        (_, _, returns, _), _ = jax.lax.scan(step, (env_state, obs, zeros, zeros.astype(bool)), None,
+                                             eval_env.spec.max_episode_steps)
+        return returns
+
+    return init, train_chunk, evaluate
+
+
+def parse_sweep(args):
+    """--sweep entries -> list of settings (dicts of the swept knobs), every combination."""
+    axes = []
+    for entry in args.sweep:
+        name, _, values = entry.partition("=")
+        name = name.replace("-", "_")
+        if name not in SWEEPABLE or not values:
+            raise UsageError(f"--sweep '{entry}': use NAME=V1,V2 with NAME one of "
+                             f"{', '.join(n.replace('_', '-') for n in SWEEPABLE)}")
+        if name == "max_grad_norm" and not args.max_grad_norm:
+            raise UsageError("--sweep max-grad-norm needs gradient clipping on (set --max-grad-norm)")
+        try:
+            axes.append([(name, float(v)) for v in values.split(",")])
+        except ValueError:
+            raise UsageError(f"--sweep '{entry}': values must be numbers separated by commas")
+    return [dict(combo) for combo in itertools.product(*axes)]
+
+
+def check_args(args):
+    check_positive(args, ["total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs",
+                          "num_seeds", "num_eval_envs", "eval_every", "learning_rate", "max_episode_steps",
+                          "eval_max_episode_steps"])
+    batch_size = args.num_envs * args.num_steps
+    if batch_size % args.num_minibatches:
+        raise UsageError(f"batch size num_envs x num_steps = {batch_size} is not divisible by --num-minibatches "
+                         f"{args.num_minibatches}; pick a divisor of {batch_size}")
+    if args.total_timesteps < batch_size:
+        raise UsageError(f"--total-timesteps {args.total_timesteps} is less than one rollout "
+                         f"(num_envs x num_steps = {batch_size}); raise it or shorten the rollout")
+    if args.activation not in ACTIVATIONS:
+        raise UsageError(f"unknown --activation '{args.activation}'; choose one of {', '.join(ACTIVATIONS)}")
+    if args.eval_only and not args.load_model:
+        raise UsageError("--eval-only needs --load-model PATH (a model.ckpt written by --save-model)")
+    if args.env_id.startswith("brax/"):
+        raise UsageError(f"'{args.env_id}': Brax envs have continuous actions; use ppo_continuous.py")
+
+
+def chunk_length(num_updates, target):
+    """Largest divisor of num_updates not above target, so every chunk has the same length (one compile)."""
+    return max(d for d in range(1, max(1, min(target, num_updates)) + 1) if num_updates % d == 0)
+
+
+def main():
+    args = parse_args(Args)
+    ckpt = load_checkpoint(args.load_model) if args.load_model else None
+    if ckpt is not None:  # the network and env must match the saved parameters
+        for name in ("env_id", "actor_hidden", "critic_hidden", "activation", "normalize_obs"):
+            setattr(args, name, type(getattr(args, name))(ckpt["config"][name]))
+    check_args(args)
+    settings = parse_sweep(args)
+    jax.config.update("jax_default_matmul_precision", "highest")  # TF32 on GPUs breaks RL training
+
+    # every (setting, seed) pair is one run; all runs share one vmapped program and one host env set
+    runs = [(setting, args.seed + i) for setting in settings for i in range(args.num_seeds)]
+    if args.capture_video:
+        os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo renders headless through EGL
+    env_kwargs = dict(normalize_obs=args.normalize_obs, normalize_reward=args.normalize_reward, gamma=args.gamma,
+                      reward_scale=args.reward_scale, asynchronous=args.async_envs)
+    env = make_env(args.env_id, args.num_envs, num_copies=len(runs), max_episode_steps=args.max_episode_steps,
+                   **env_kwargs)
+    if not env.spec.discrete:
+        env.close()
+        raise UsageError(f"'{args.env_id}' has continuous actions; ppo_discrete.py needs a Discrete action "
+                         f"space: use ppo_continuous.py")
+    stamp = int(time.time())
+    tags = ["_".join(f"{k}={v:g}" for k, v in s.items()) for s, _ in runs]
+    names = [run_name(args.env_id, args.exp_name + ("-eval" if args.eval_only else "") + (f"_{t}" if t else ""),
+                      seed, stamp) for t, (_, seed) in zip(tags, runs)]
+    run_dirs = [os.path.join("runs", n) for n in names]
+    for d in run_dirs:
+        prepare_run_dir(d, args.clear_out)
+    eval_env = make_env(args.env_id, args.num_eval_envs, num_copies=len(runs), freeze_stats=True,
+                        max_episode_steps=args.eval_max_episode_steps or args.max_episode_steps,
+                        video_dir=os.path.join(run_dirs[0], "videos") if args.capture_video else None, **env_kwargs)
+    if eval_env.spec.max_episode_steps is None:
+        raise UsageError(f"'{args.env_id}' has no time limit; pass --eval-max-episode-steps")
+
+    config = dataclasses.asdict(args)
+    loggers = [RunLogger(d, n, {**config, **setting, "seed": seed}, args.track, args.wandb_project_name,
+                         args.wandb_entity) for d, n, (setting, seed) in zip(run_dirs, names, runs)]
+    batch_size = args.num_envs * args.num_steps
+    num_updates = args.total_timesteps // batch_size
+    per_chunk = chunk_length(num_updates, min(max(1, args.eval_every // batch_size), -(-num_updates // 20)))
+    init, train_chunk, evaluate = make_train(args, env, eval_env, per_chunk)
+    seeds = jnp.array([seed for _, seed in runs])
+    keys = jax.vmap(jax.random.PRNGKey)(seeds)
+    base = {k: getattr(args, k) for k in SWEEPABLE if getattr(args, k) is not None}
+    hp = {k: jnp.array([s.get(k, v) for s, _ in runs], jnp.float32) for k, v in base.items()}
+    params, norm = (ckpt["params"], ckpt["norm"]) if ckpt else (None, None)
+    # not jitted, see ppo_continuous.py: the compiled init hung beside the Gymnasium reset callback
+    state = jax.vmap(init, in_axes=(0, 0, None, None))(keys, hp, params, norm)
+    on_accelerator = jax.default_backend() != "cpu"
+    train_chunk = jax.jit(jax.vmap(train_chunk), donate_argnums=(0,) if on_accelerator else ())
+    evaluate = jax.jit(jax.vmap(evaluate))
+
+    def run_eval(step):
+        returns = np.asarray(evaluate(state.params, state.env_state.norm,
+                                      jax.vmap(jax.random.PRNGKey)(seeds + 10_000 + step)))
+        for logger, r in zip(loggers, returns):
+            logger.log(step, {"eval/episodic_return": r.mean(), "eval/episodic_return_std": r.std()})
+        return returns.mean(axis=1)
+
+    def save():
+        for i, (d, (setting, _)) in enumerate(zip(run_dirs, runs)):
+            pick = lambda x: x[i]
+            save_checkpoint(os.path.join(d, "model.ckpt"), jax.tree.map(pick, state.params),
+                            jax.tree.map(pick, state.env_state.norm), {**config, **setting})
+
+    if args.eval_only:
+        print(f"eval/episodic_return {run_eval(0).mean():.2f} over {args.num_eval_envs} episodes per seed")
+        for logger in loggers:
+            logger.close()
+        return
+
+    progress = TrainProgress(num_updates * batch_size)
+    global_step, next_eval, last_return = 0, args.eval_every, float("nan")
+    eval_returns = np.full(len(runs), np.nan)
+    start = time.time()
+    try:
+        for _ in range(num_updates // per_chunk):
+            new_state, metrics = train_chunk(state)
+            metrics = jax.device_get(metrics)
+            state = new_state
+            for u in range(per_chunk):
+                step = global_step + (u + 1) * batch_size
+                for i, logger in enumerate(loggers):
+                    row = {k: v[i, u] for k, v in metrics.items() if "/" in k}
+                    if metrics["episodes"][i, u] > 0:
+                        row["charts/episodic_return"] = metrics["return_sum"][i, u] / metrics["episodes"][i, u]
+                        row["charts/episodic_length"] = metrics["length_sum"][i, u] / metrics["episodes"][i, u]
+                    logger.log(step, row)
+            done = metrics["episodes"][:, -1] > 0
+            if done.any():
+                last_return = float(np.mean(metrics["return_sum"][done, -1] / metrics["episodes"][done, -1]))
+            global_step += per_chunk * batch_size
+            sps = int(global_step / (time.time() - start))
+            for logger in loggers:
+                logger.log(global_step, {"charts/SPS": sps})
+            if global_step >= next_eval or global_step == num_updates * batch_size:
+                next_eval += args.eval_every * max(1, (global_step - next_eval) // args.eval_every + 1)
+                eval_returns = run_eval(global_step)
+                if args.save_model:
+                    save()
+            progress.update(global_step, f"SPS {sps}  return {last_return:.1f}  eval {np.mean(eval_returns):.1f}")
+    finally:  # an interrupt or crash keeps the logs and the last completed state
+        progress.close()
+        if args.save_model:
+            save()
+        for logger in loggers:
+            logger.close()
+        env.close()
+        eval_env.close()
+    print(f"done: {global_step} steps per run in {time.time() - start:.1f}s (runs in runs/)")
+    summarise(settings, args.num_seeds, eval_returns, os.path.join("runs", f"{names[0]}_summary.csv"))
+
+
+def summarise(settings, num_seeds, eval_returns, path):
+    """Final evaluation return per sweep setting (mean and std over seeds): printed and written as CSV."""
+    from rich.console import Console
+    from rich.table import Table
+
+    per_setting = np.asarray(eval_returns).reshape(len(settings), num_seeds)
+    keys = sorted({k for s in settings for k in s})
+    header = [k.replace("_", "-") for k in keys] + ["mean", "std", "seeds"]
+    table = Table(title="final eval/episodic_return")
+    for column in header:
+        table.add_column(column, justify="right")
+    rows = []
+    for setting, returns in zip(settings, per_setting):
+        row = [f"{setting[k]:g}" for k in keys] + [f"{returns.mean():.2f}", f"{returns.std():.2f}", str(num_seeds)]
+        table.add_row(*row)
+        rows.append(row)
+    Console().print(table)
+    with open(path, "w") as f:
+        f.write(",".join(header) + "\n" + "\n".join(",".join(r) for r in rows) + "\n")
+
+
+if __name__ == "__main__":
+    run_main(main)
