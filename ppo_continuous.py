@@ -6,7 +6,6 @@ epochs x minibatches) compiled into one jitted `jax.lax.scan`, on Gymnasium or B
 """
 import dataclasses
 import os
-import time
 from dataclasses import dataclass
 from functools import partial
 from typing import NamedTuple, Optional
@@ -19,8 +18,9 @@ import optax
 
 from common.config import UsageError, check_positive, parse_args, run_main
 from common.envs import EpisodeStats, make_env
-from common.logger import RunLogger, TrainProgress, load_checkpoint, prepare_run_dir, run_name, save_checkpoint
+from common.logger import load_checkpoint
 from common.networks import ACTIVATIONS, mlp_apply, mlp_init
+from common.runner import chunk_length, evaluate_runs, open_runs, train_loop
 
 
 @dataclass
@@ -319,11 +319,6 @@ def check_args(args):
         raise UsageError("--eval-only needs --load-model PATH (a model.ckpt written by --save-model)")
 
 
-def chunk_length(num_updates, target):
-    """Largest divisor of num_updates not above target, so every chunk has the same length (one compile)."""
-    return max(d for d in range(1, max(1, min(target, num_updates)) + 1) if num_updates % d == 0)
-
-
 def main():
     args = parse_args(Args)
     ckpt = load_checkpoint(args.load_model) if args.load_model else None
@@ -344,21 +339,16 @@ def main():
         env.close()
         raise UsageError(f"'{args.env_id}' has discrete actions; ppo_continuous.py needs a continuous (Box) "
                          f"action space: use ppo_discrete.py")
-    stamp = int(time.time())
     seeds = [args.seed + i for i in range(args.num_seeds)]
-    names = [run_name(args.env_id, args.exp_name + ("-eval" if args.eval_only else ""), s, stamp) for s in seeds]
-    run_dirs = [os.path.join("runs", n) for n in names]
-    for d in run_dirs:
-        prepare_run_dir(d, args.clear_out)
+    configs = [{**dataclasses.asdict(args), "seed": s} for s in seeds]
+    exp = args.exp_name + ("-eval" if args.eval_only else "")
+    run_dirs, loggers = open_runs(args, [exp] * len(seeds), seeds, configs)
     eval_env = make_env(args.env_id, args.num_eval_envs, num_copies=args.num_seeds, freeze_stats=True,
                         max_episode_steps=args.eval_max_episode_steps or args.max_episode_steps,
                         video_dir=os.path.join(run_dirs[0], "videos") if args.capture_video else None, **env_kwargs)
     if eval_env.spec.max_episode_steps is None:
         raise UsageError(f"'{args.env_id}' has no time limit; pass --eval-max-episode-steps")
 
-    config = dataclasses.asdict(args)
-    loggers = [RunLogger(d, n, {**config, "seed": s}, args.track, args.wandb_project_name, args.wandb_entity)
-               for d, n, s in zip(run_dirs, names, seeds)]
     batch_size = args.num_envs * args.num_steps
     num_updates = args.total_timesteps // batch_size
     per_chunk = chunk_length(num_updates, min(max(1, args.eval_every // batch_size), -(-num_updates // 20)))
@@ -371,63 +361,18 @@ def main():
     on_accelerator = jax.default_backend() != "cpu"
     train_chunk = jax.jit(jax.vmap(train_chunk), donate_argnums=(0,) if on_accelerator else ())
     evaluate = jax.jit(jax.vmap(evaluate))
-
-    def run_eval(step):
-        returns = np.asarray(evaluate(state.params, state.env_state.norm,
-                                      jax.vmap(jax.random.PRNGKey)(jnp.array(seeds) + 10_000 + step)))
-        for logger, r in zip(loggers, returns):
-            logger.log(step, {"eval/episodic_return": r.mean(), "eval/episodic_return_std": r.std()})
-        return returns.mean()
-
-    def save():
-        for i, d in enumerate(run_dirs):
-            pick = lambda x: x[i]
-            save_checkpoint(os.path.join(d, "model.ckpt"), jax.tree.map(pick, state.params),
-                            jax.tree.map(pick, state.env_state.norm), config)
-
-    if args.eval_only:
-        print(f"eval/episodic_return {run_eval(0):.2f} over {args.num_eval_envs} episodes per seed")
-        for logger in loggers:
-            logger.close()
-        return
-
-    progress = TrainProgress(num_updates * batch_size)
-    global_step, next_eval, last_return, eval_return = 0, args.eval_every, float("nan"), float("nan")
-    start = time.time()
     try:
-        for _ in range(num_updates // per_chunk):
-            new_state, metrics = train_chunk(state)
-            metrics = jax.device_get(metrics)
-            state = new_state
-            for u in range(per_chunk):
-                step = global_step + (u + 1) * batch_size
-                for i, logger in enumerate(loggers):
-                    row = {k: v[i, u] for k, v in metrics.items() if "/" in k}
-                    if metrics["episodes"][i, u] > 0:
-                        row["charts/episodic_return"] = metrics["return_sum"][i, u] / metrics["episodes"][i, u]
-                        row["charts/episodic_length"] = metrics["length_sum"][i, u] / metrics["episodes"][i, u]
-                        last_return = float(np.mean(row["charts/episodic_return"]))
-                    logger.log(step, row)
-            global_step += per_chunk * batch_size
-            sps = int(global_step / (time.time() - start))
+        if args.eval_only:
+            returns = evaluate_runs(evaluate, state, seeds, 0, loggers)
+            print(f"eval/episodic_return {returns.mean():.2f} over {args.num_eval_envs} episodes per seed")
             for logger in loggers:
-                logger.log(global_step, {"charts/SPS": sps})
-            if global_step >= next_eval or global_step == num_updates * batch_size:
-                next_eval += args.eval_every * max(1, (global_step - next_eval) // args.eval_every + 1)
-                eval_return = run_eval(global_step)
-                if args.save_model:
-                    save()
-            progress.update(global_step, f"SPS {sps}  return {last_return:.1f}  eval {eval_return:.1f}")
-    finally:  # an interrupt or crash keeps the logs and the last completed state
-        progress.close()
-        if args.save_model:
-            save()
-        for logger in loggers:
-            logger.close()
+                logger.close()
+        else:
+            train_loop(args, state, train_chunk, evaluate, seeds=seeds, run_dirs=run_dirs, loggers=loggers,
+                       configs=configs, batch_size=batch_size, num_updates=num_updates, per_chunk=per_chunk)
+    finally:
         env.close()
         eval_env.close()
-    print(f"done: {global_step} steps per seed in {time.time() - start:.1f}s, final eval return {eval_return:.2f}"
-          f" (runs in {', '.join(run_dirs)})")
 
 
 if __name__ == "__main__":

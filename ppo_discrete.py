@@ -8,7 +8,6 @@ train together in one vmapped program.
 import dataclasses
 import itertools
 import os
-import time
 from dataclasses import dataclass
 from functools import partial
 from typing import NamedTuple, Optional
@@ -21,8 +20,9 @@ import optax
 
 from common.config import UsageError, check_positive, parse_args, run_main
 from common.envs import EpisodeStats, make_env
-from common.logger import RunLogger, TrainProgress, load_checkpoint, prepare_run_dir, run_name, save_checkpoint
+from common.logger import load_checkpoint
 from common.networks import ACTIVATIONS, mlp_apply, mlp_init
+from common.runner import chunk_length, evaluate_runs, open_runs, train_loop
 
 # float knobs that --sweep can vary inside one compiled program (they are traced, not baked in)
 SWEEPABLE = ("learning_rate", "ent_coef", "clip_coef", "vf_coef", "gamma", "gae_lambda", "max_grad_norm")
@@ -340,11 +340,6 @@ def check_args(args):
         raise UsageError(f"'{args.env_id}': Brax envs have continuous actions; use ppo_continuous.py")
 
 
-def chunk_length(num_updates, target):
-    """Largest divisor of num_updates not above target, so every chunk has the same length (one compile)."""
-    return max(d for d in range(1, max(1, min(target, num_updates)) + 1) if num_updates % d == 0)
-
-
 def main():
     args = parse_args(Args)
     ckpt = load_checkpoint(args.load_model) if args.load_model else None
@@ -367,28 +362,22 @@ def main():
         env.close()
         raise UsageError(f"'{args.env_id}' has continuous actions; ppo_discrete.py needs a Discrete action "
                          f"space: use ppo_continuous.py")
-    stamp = int(time.time())
-    tags = ["_".join(f"{k}={v:g}" for k, v in s.items()) for s, _ in runs]
-    names = [run_name(args.env_id, args.exp_name + ("-eval" if args.eval_only else "") + (f"_{t}" if t else ""),
-                      seed, stamp) for t, (_, seed) in zip(tags, runs)]
-    run_dirs = [os.path.join("runs", n) for n in names]
-    for d in run_dirs:
-        prepare_run_dir(d, args.clear_out)
+    seeds = [seed for _, seed in runs]
+    configs = [{**dataclasses.asdict(args), **setting, "seed": seed} for setting, seed in runs]
+    exp = args.exp_name + ("-eval" if args.eval_only else "")
+    exps = [exp + "".join(f"_{k}={v:g}" for k, v in setting.items()) for setting, _ in runs]
+    run_dirs, loggers = open_runs(args, exps, seeds, configs)
     eval_env = make_env(args.env_id, args.num_eval_envs, num_copies=len(runs), freeze_stats=True,
                         max_episode_steps=args.eval_max_episode_steps or args.max_episode_steps,
                         video_dir=os.path.join(run_dirs[0], "videos") if args.capture_video else None, **env_kwargs)
     if eval_env.spec.max_episode_steps is None:
         raise UsageError(f"'{args.env_id}' has no time limit; pass --eval-max-episode-steps")
 
-    config = dataclasses.asdict(args)
-    loggers = [RunLogger(d, n, {**config, **setting, "seed": seed}, args.track, args.wandb_project_name,
-                         args.wandb_entity) for d, n, (setting, seed) in zip(run_dirs, names, runs)]
     batch_size = args.num_envs * args.num_steps
     num_updates = args.total_timesteps // batch_size
     per_chunk = chunk_length(num_updates, min(max(1, args.eval_every // batch_size), -(-num_updates // 20)))
     init, train_chunk, evaluate = make_train(args, env, eval_env, per_chunk)
-    seeds = jnp.array([seed for _, seed in runs])
-    keys = jax.vmap(jax.random.PRNGKey)(seeds)
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.array(seeds))
     base = {k: getattr(args, k) for k in SWEEPABLE if getattr(args, k) is not None}
     hp = {k: jnp.array([s.get(k, v) for s, _ in runs], jnp.float32) for k, v in base.items()}
     params, norm = (ckpt["params"], ckpt["norm"]) if ckpt else (None, None)
@@ -397,66 +386,19 @@ def main():
     on_accelerator = jax.default_backend() != "cpu"
     train_chunk = jax.jit(jax.vmap(train_chunk), donate_argnums=(0,) if on_accelerator else ())
     evaluate = jax.jit(jax.vmap(evaluate))
-
-    def run_eval(step):
-        returns = np.asarray(evaluate(state.params, state.env_state.norm,
-                                      jax.vmap(jax.random.PRNGKey)(seeds + 10_000 + step)))
-        for logger, r in zip(loggers, returns):
-            logger.log(step, {"eval/episodic_return": r.mean(), "eval/episodic_return_std": r.std()})
-        return returns.mean(axis=1)
-
-    def save():
-        for i, (d, (setting, _)) in enumerate(zip(run_dirs, runs)):
-            pick = lambda x: x[i]
-            save_checkpoint(os.path.join(d, "model.ckpt"), jax.tree.map(pick, state.params),
-                            jax.tree.map(pick, state.env_state.norm), {**config, **setting})
-
-    if args.eval_only:
-        print(f"eval/episodic_return {run_eval(0).mean():.2f} over {args.num_eval_envs} episodes per seed")
-        for logger in loggers:
-            logger.close()
-        return
-
-    progress = TrainProgress(num_updates * batch_size)
-    global_step, next_eval, last_return = 0, args.eval_every, float("nan")
-    eval_returns = np.full(len(runs), np.nan)
-    start = time.time()
     try:
-        for _ in range(num_updates // per_chunk):
-            new_state, metrics = train_chunk(state)
-            metrics = jax.device_get(metrics)
-            state = new_state
-            for u in range(per_chunk):
-                step = global_step + (u + 1) * batch_size
-                for i, logger in enumerate(loggers):
-                    row = {k: v[i, u] for k, v in metrics.items() if "/" in k}
-                    if metrics["episodes"][i, u] > 0:
-                        row["charts/episodic_return"] = metrics["return_sum"][i, u] / metrics["episodes"][i, u]
-                        row["charts/episodic_length"] = metrics["length_sum"][i, u] / metrics["episodes"][i, u]
-                    logger.log(step, row)
-            done = metrics["episodes"][:, -1] > 0
-            if done.any():
-                last_return = float(np.mean(metrics["return_sum"][done, -1] / metrics["episodes"][done, -1]))
-            global_step += per_chunk * batch_size
-            sps = int(global_step / (time.time() - start))
+        if args.eval_only:
+            returns = evaluate_runs(evaluate, state, seeds, 0, loggers)
+            print(f"eval/episodic_return {returns.mean():.2f} over {args.num_eval_envs} episodes per seed")
             for logger in loggers:
-                logger.log(global_step, {"charts/SPS": sps})
-            if global_step >= next_eval or global_step == num_updates * batch_size:
-                next_eval += args.eval_every * max(1, (global_step - next_eval) // args.eval_every + 1)
-                eval_returns = run_eval(global_step)
-                if args.save_model:
-                    save()
-            progress.update(global_step, f"SPS {sps}  return {last_return:.1f}  eval {np.mean(eval_returns):.1f}")
-    finally:  # an interrupt or crash keeps the logs and the last completed state
-        progress.close()
-        if args.save_model:
-            save()
-        for logger in loggers:
-            logger.close()
+                logger.close()
+            return
+        returns = train_loop(args, state, train_chunk, evaluate, seeds=seeds, run_dirs=run_dirs, loggers=loggers,
+                             configs=configs, batch_size=batch_size, num_updates=num_updates, per_chunk=per_chunk)
+    finally:
         env.close()
         eval_env.close()
-    print(f"done: {global_step} steps per run in {time.time() - start:.1f}s (runs in runs/)")
-    summarise(settings, args.num_seeds, eval_returns, os.path.join("runs", f"{names[0]}_summary.csv"))
+    summarise(settings, args.num_seeds, returns, run_dirs[0] + "_summary.csv")
 
 
 def summarise(settings, num_seeds, eval_returns, path):

@@ -45,6 +45,7 @@ def test_gae_truncation_bootstraps_and_termination_does_not():
 import os
 import subprocess
 import sys
+import time
 
 import jax
 import pytest
@@ -91,7 +92,7 @@ def test_bad_input_exits_2_with_one_line(monkeypatch, capsys, tmp_path, argv, me
 
 def test_existing_run_dir_is_not_overwritten(monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(ppo_continuous.time, "time", lambda: 1234.0)
+    monkeypatch.setattr(time, "time", lambda: 1234.0)
     os.makedirs("runs/Pendulum-v1__x__1__1234")
     code, err = cli(monkeypatch, capsys, "--env-id", "Pendulum-v1", "--exp-name", "x")
     assert code == 2 and "--clear-out" in err

@@ -1,0 +1,95 @@
+"""The host side of training, shared by the algorithm scripts: one run directory and logger per vmapped run,
+the loop over a compiled `train_chunk`, evaluation, checkpoints and the progress bar.
+
+A script's compiled functions follow one convention: `train_chunk(state) -> (state, metrics)` with metrics of
+shape (runs, updates) where keys containing "/" are logged as they are and `episodes`, `return_sum`,
+`length_sum` give the episodes that ended in each update; `evaluate(params, norm, keys) -> returns` of shape
+(runs, eval envs); the state has `.params` and `.env_state.norm`.
+"""
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from common.logger import RunLogger, TrainProgress, prepare_run_dir, run_name, save_checkpoint
+
+
+def chunk_length(num_updates: int, target: int) -> int:
+    """Largest divisor of num_updates not above target, so every chunk has the same length (one compile)."""
+    return max(d for d in range(1, max(1, min(target, num_updates)) + 1) if num_updates % d == 0)
+
+
+def open_runs(args, exp_names: list, seeds: list, configs: list) -> tuple:
+    """Create (never silently reuse) runs/{env}__{exp}__{seed}__{time} per run and open its logger."""
+    stamp = int(time.time())
+    names = [run_name(args.env_id, exp, seed, stamp) for exp, seed in zip(exp_names, seeds)]
+    run_dirs = [os.path.join("runs", n) for n in names]
+    for d in run_dirs:
+        prepare_run_dir(d, args.clear_out)
+    loggers = [RunLogger(d, n, c, args.track, args.wandb_project_name, args.wandb_entity)
+               for d, n, c in zip(run_dirs, names, configs)]
+    return run_dirs, loggers
+
+
+def evaluate_runs(evaluate, state, seeds, step: int, loggers) -> np.ndarray:
+    """Evaluate every run (fresh keys per evaluation), log eval/episodic_return; mean return per run."""
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds) + 10_000 + step)
+    returns = np.asarray(evaluate(state.params, state.env_state.norm, keys))
+    for logger, r in zip(loggers, returns):
+        logger.log(step, {"eval/episodic_return": r.mean(), "eval/episodic_return_std": r.std()})
+    return returns.mean(axis=1)
+
+
+def save_runs(state, run_dirs, configs) -> None:
+    for i, (d, config) in enumerate(zip(run_dirs, configs)):
+        pick = lambda x: x[i]
+        save_checkpoint(os.path.join(d, "model.ckpt"), jax.tree.map(pick, state.params),
+                        jax.tree.map(pick, state.env_state.norm), config)
+
+
+def train_loop(args, state, train_chunk, evaluate, *, seeds, run_dirs, loggers, configs, batch_size: int,
+               num_updates: int, per_chunk: int) -> np.ndarray:
+    """Run all chunks, logging every update at global_step = env steps per run; evaluate every
+    args.eval_every steps and at the end; returns the last evaluation's mean return per run.
+    Interrupted or crashed, it still flushes the logs and saves the last completed state."""
+    progress = TrainProgress(num_updates * batch_size)
+    global_step, next_eval, last_return = 0, args.eval_every, float("nan")
+    eval_returns = np.full(len(loggers), np.nan)
+    start = time.time()
+    try:
+        for _ in range(num_updates // per_chunk):
+            state, metrics = train_chunk(state)
+            metrics = jax.device_get(metrics)
+            episodes = metrics["episodes"]
+            for u in range(per_chunk):
+                step = global_step + (u + 1) * batch_size
+                for i, logger in enumerate(loggers):
+                    row = {k: v[i, u] for k, v in metrics.items() if "/" in k}
+                    if episodes[i, u] > 0:
+                        row["charts/episodic_return"] = metrics["return_sum"][i, u] / episodes[i, u]
+                        row["charts/episodic_length"] = metrics["length_sum"][i, u] / episodes[i, u]
+                    logger.log(step, row)
+            ended = episodes[:, -1] > 0
+            if ended.any():
+                last_return = float(np.mean(metrics["return_sum"][ended, -1] / episodes[ended, -1]))
+            global_step += per_chunk * batch_size
+            sps = int(global_step / (time.time() - start))
+            for logger in loggers:
+                logger.log(global_step, {"charts/SPS": sps})
+            if global_step >= next_eval or global_step == num_updates * batch_size:
+                next_eval += args.eval_every * max(1, (global_step - next_eval) // args.eval_every + 1)
+                eval_returns = evaluate_runs(evaluate, state, seeds, global_step, loggers)
+                if args.save_model:
+                    save_runs(state, run_dirs, configs)
+            progress.update(global_step, f"SPS {sps}  return {last_return:.1f}  eval {np.mean(eval_returns):.1f}")
+    finally:
+        progress.close()
+        if args.save_model:
+            save_runs(state, run_dirs, configs)
+        for logger in loggers:
+            logger.close()
+    print(f"done: {global_step} steps per run in {time.time() - start:.1f}s, final eval return "
+          f"{np.mean(eval_returns):.2f} (runs in {os.path.dirname(run_dirs[0])}/)")
+    return eval_returns
