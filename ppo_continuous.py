@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from common.config import UsageError, check_positive, parse_args, run_main
+from common.config import UsageError, check_positive, parse_args, run_main, setup_jax
 from common.envs import EpisodeStats, make_env
 from common.logger import load_checkpoint
 from common.networks import ACTIVATIONS, mlp_apply, mlp_init
@@ -326,7 +326,7 @@ def main():
         for name in ("env_id", "actor_hidden", "critic_hidden", "activation", "normalize_obs"):
             setattr(args, name, type(getattr(args, name))(ckpt["config"][name]))
     check_args(args)
-    jax.config.update("jax_default_matmul_precision", "highest")  # TF32 on GPUs breaks RL training
+    setup_jax()
 
     if args.capture_video:
         os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo renders headless through EGL

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from common.config import UsageError, check_positive, parse_args, run_main
+from common.config import UsageError, check_positive, parse_args, run_main, setup_jax
 from common.envs import EpisodeStats, make_env
 from common.logger import load_checkpoint
 from common.networks import ACTIVATIONS, mlp_apply, mlp_init
@@ -348,7 +348,7 @@ def main():
             setattr(args, name, type(getattr(args, name))(ckpt["config"][name]))
     check_args(args)
     settings = parse_sweep(args)
-    jax.config.update("jax_default_matmul_precision", "highest")  # TF32 on GPUs breaks RL training
+    setup_jax()
 
     # every (setting, seed) pair is one run; all runs share one vmapped program and one host env set
     runs = [(setting, args.seed + i) for setting in settings for i in range(args.num_seeds)]

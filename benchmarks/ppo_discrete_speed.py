@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common.config import setup_jax  # noqa: E402
 from common.envs import make_env  # noqa: E402
 from ppo_discrete import SWEEPABLE, Args, make_train  # noqa: E402
 
@@ -35,6 +36,7 @@ def run(num_seeds, steps):
 
 
 def main():
+    setup_jax()  # as the training scripts
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--steps", type=int, default=500_000)

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common.config import parse_args  # noqa: E402
+from common.config import parse_args, setup_jax  # noqa: E402
 from common.envs import make_env  # noqa: E402
 from ppo_continuous import Args, make_train  # noqa: E402
 
@@ -79,6 +79,7 @@ def ppo_rates(env_id, num_envs, updates):
 
 
 def main():
+    setup_jax()  # as the training scripts
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env-id", default="Hopper-v4")
     parser.add_argument("--updates", type=int, default=6, help="timed updates per setting, after compiling")
