@@ -104,3 +104,7 @@ def run_main(main: Callable[[], None]) -> None:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: logs are flushed and, with --save-model, the last completed update is saved",
+              file=sys.stderr)
+        sys.exit(130)

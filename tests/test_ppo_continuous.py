@@ -194,3 +194,52 @@ def test_cli_capture_video_and_offline_wandb(tmp_path):
     videos = sorted(p.name for p in (run_dir / "videos").glob("*.mp4"))
     assert videos == ["rl-video-step-0.mp4", "rl-video-step-1000.mp4"]  # first episode of each evaluation
     assert (run_dir / "wandb" / "latest-run").exists()
+
+
+def pendulum_train(chunk, **kw):
+    args = ppo_continuous.Args(**{**dict(env_id="Pendulum-v1", num_envs=2, num_steps=64, num_minibatches=4,
+                                         total_timesteps=2 * 64 * chunk), **kw})
+    env = make_env(args.env_id, args.num_envs, normalize_obs=True, normalize_reward=True)
+    init, train_chunk, _ = ppo_continuous.make_train(args, env, env, chunk)
+    return jax.jit(train_chunk)(init(jax.random.PRNGKey(3)))
+
+
+def test_target_kl_stops_the_epochs_early():
+    one_epoch, _ = pendulum_train(1, update_epochs=1)
+    stopped, metrics = pendulum_train(1, update_epochs=4, target_kl=1e-12)
+    full, _ = pendulum_train(1, update_epochs=4)
+    for a, b in zip(jax.tree.leaves(stopped.params), jax.tree.leaves(one_epoch.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)  # KL > target after epoch 1: stop there
+    assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(one_epoch.params)))
+    assert np.isfinite(metrics["losses/approx_kl"]).all()
+
+
+def test_reset_env_restarts_episodes_each_rollout():
+    # Pendulum episodes last 200 steps: carried over, they end within 4 rollouts of 64 steps; reset every
+    # rollout, none ever reaches the limit
+    _, carried = pendulum_train(4)
+    _, reset = pendulum_train(4, reset_env=True)
+    assert carried["episodes"].sum() == 2 and (carried["length_sum"].sum() == 400)
+    assert reset["episodes"].sum() == 0
+
+
+def test_interrupt_keeps_logs_and_checkpoint(tmp_path):
+    import signal
+    import time as clock
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "ppo_continuous.py"), "--env-id", "Pendulum-v1",
+                             "--total-timesteps", "2000000", "--num-steps", "256", "--num-minibatches", "4",
+                             "--update-epochs", "1", "--eval-every", "2560", "--num-eval-envs", "2",
+                             "--save-model", "--exp-name", "intr"],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline, rows = clock.time() + 240, 0
+    while clock.time() < deadline and rows < 50:
+        clock.sleep(1)
+        csvs = list((tmp_path / "runs").glob("*/metrics.csv")) if (tmp_path / "runs").exists() else []
+        rows = len(read_metrics(csvs[0].parent)) if csvs else 0
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in err
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert len(read_metrics(run_dir)) >= rows >= 50  # nothing already logged is lost
+    ckpt = ppo_continuous.load_checkpoint(str(run_dir / "model.ckpt"))
+    assert set(ckpt) == {"params", "norm", "config"} and ckpt["norm"].obs.count > 1

@@ -92,3 +92,17 @@ def test_sweep_reports_per_setting(tmp_path):
     # a 1000x larger step moves the policy away from uniform (entropy ln 2) much faster
     assert min(by_setting[False]) > max(by_setting[True])
     assert np.allclose(by_setting[False], np.log(2), atol=1e-2)
+
+
+def test_same_seed_twice_gives_identical_metrics(tmp_path):
+    def metrics(exp):
+        out = run_script(tmp_path, "--env-id", "gymnax/CartPole-v1", "--total-timesteps", "8192",
+                         "--eval-every", "4096", "--exp-name", exp, "--seed", "5")
+        assert out.returncode == 0, out.stderr
+        (run_dir,) = [d for d in (tmp_path / "runs").glob(f"*__{exp}__*") if d.is_dir()]
+        with open(run_dir / "metrics.csv") as f:
+            return [(r["global_step"], r["metric"], r["value"]) for r in csv.DictReader(f)
+                    if r["metric"] != "charts/SPS"]
+
+    first, second = metrics("a"), metrics("b")
+    assert len(first) > 100 and first == second
