@@ -97,7 +97,7 @@ def _brax_env(name: str, num_envs: int, max_steps: int, backend: str, true_reset
 
     def reset(key):
         s = jax.vmap(env.reset)(jax.random.split(key, num_envs))
-        return (s, jnp.zeros(num_envs, jnp.int32), key, s), s.obs
+        return (s, jnp.zeros(num_envs, jnp.int32), key, None if true_reset else s), s.obs
 
     def step(state, action):
         s, steps, key, first = state
