@@ -45,9 +45,11 @@ class RunLogger:
         self.wandb = None
         if track:
             import wandb
-            mode = os.environ.get("WANDB_MODE") or ("online" if _wandb_reachable() else "offline")
-            if mode == "offline":
-                print("wandb: service unreachable, logging offline (sync later with `wandb sync`)")
+            mode = os.environ.get("WANDB_MODE")
+            if mode is None:
+                mode = "online" if _wandb_reachable() else "offline"
+                if mode == "offline":
+                    print("wandb: service unreachable, logging offline (sync later with `wandb sync`)")
             self.wandb = wandb.init(project=wandb_project, entity=wandb_entity, name=name, config=config,
                                     dir=path, mode=mode, save_code=True, reinit="create_new",
                                     settings=wandb.Settings(init_timeout=30))
