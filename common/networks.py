@@ -17,6 +17,17 @@ def mlp_init(key: jax.Array, sizes: tuple, out_scale: float, hidden_scale: float
     return layers
 
 
+def mlp_init_torch(key: jax.Array, sizes: tuple) -> list:
+    """PyTorch's nn.Linear default: weights and biases uniform in +-1/sqrt(fan_in) (CleanRL's SAC uses it)."""
+    layers = []
+    for k, n_in, n_out in zip(jax.random.split(key, len(sizes) - 1), sizes[:-1], sizes[1:]):
+        k_w, k_b = jax.random.split(k)
+        bound = 1.0 / np.sqrt(n_in)
+        layers.append({"w": jax.random.uniform(k_w, (n_in, n_out), jnp.float32, -bound, bound),
+                       "b": jax.random.uniform(k_b, (n_out,), jnp.float32, -bound, bound)})
+    return layers
+
+
 def mlp_apply(layers: list, x: jax.Array, activation: str = "tanh") -> jax.Array:
     act = ACTIVATIONS[activation]
     for layer in layers[:-1]:

@@ -66,7 +66,8 @@ def train_loop(args, state, train_chunk, evaluate, *, seeds, run_dirs, loggers, 
             for u in range(per_chunk):
                 step = global_step + (u + 1) * batch_size
                 for i, logger in enumerate(loggers):
-                    row = {k: v[i, u] for k, v in metrics.items() if "/" in k}
+                    # NaN marks "not measured in this update" (e.g. SAC losses before learning starts)
+                    row = {k: v[i, u] for k, v in metrics.items() if "/" in k and not np.isnan(v[i, u])}
                     if episodes[i, u] > 0:
                         row["charts/episodic_return"] = metrics["return_sum"][i, u] / episodes[i, u]
                         row["charts/episodic_length"] = metrics["length_sum"][i, u] / episodes[i, u]

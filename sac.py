@@ -1,0 +1,462 @@
+"""Soft Actor-Critic: CleanRL's sac_continuous_action.py with every env step (act, env step, replay insert,
+sample, update) inside one jitted `jax.lax.scan`, on Gymnasium or Brax envs, replay buffer on the device.
+
+    python sac.py --env-id Hopper-v4
+    python sac.py --config configs/sac_brax_hopper.yaml
+"""
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
+
+import distrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from common.config import UsageError, check_positive, parse_args, run_main, setup_jax
+from common.envs import make_env, normalize, update_stats
+from common.logger import load_checkpoint
+from common.networks import mlp_apply, mlp_init_torch
+from common.runner import chunk_length, evaluate_runs, open_runs, train_loop
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+@dataclass
+class Args:
+    exp_name: str = "sac"
+    """the name of this experiment (part of the run name)"""
+    seed: int = 1
+    """seed of the first run; seed i of --num-seeds uses seed + i"""
+    num_seeds: int = 1
+    """independent seeds trained at once (vmapped)"""
+    config: Optional[str] = None
+    """YAML preset whose values become the defaults; flags override it"""
+    track: bool = False
+    """log to Weights & Biases"""
+    wandb_project_name: str = "cleanRL"
+    """the wandb project"""
+    wandb_entity: Optional[str] = None
+    """the wandb entity (team)"""
+    capture_video: bool = False
+    """record evaluation episodes to runs/{run_name}/videos (Gymnasium envs)"""
+    save_model: bool = False
+    """save params, normalisation statistics and config to runs/{run_name}/model.ckpt"""
+    load_model: Optional[str] = None
+    """start from (or, with --eval-only, evaluate) a saved model; the replay buffer starts empty"""
+    eval_only: bool = False
+    """only evaluate --load-model, no training"""
+    clear_out: bool = False
+    """replace an existing run directory of the same name"""
+
+    env_id: str = "Hopper-v4"
+    """Gymnasium id (Hopper-v4) or brax/NAME (brax/hopper)"""
+    total_timesteps: int = 1000000
+    """total env steps per seed"""
+    num_envs: int = 1
+    """parallel envs per seed"""
+    max_episode_steps: Optional[int] = None
+    """time limit of the training envs (default: the env's own; 1000 for Brax)"""
+    eval_max_episode_steps: Optional[int] = None
+    """time limit of the evaluation envs (default: as training)"""
+    async_envs: bool = False
+    """Gymnasium AsyncVectorEnv (one process per env) instead of SyncVectorEnv"""
+    brax_backend: str = "generalized"
+    """Brax physics backend: generalized, positional, spring or mjx"""
+    brax_true_reset: bool = True
+    """Brax: reset finished episodes to fresh random states (else to each env's first state)"""
+    normalize_obs: bool = False
+    """running observation normalisation (buffer keeps raw observations; frozen at evaluation)"""
+    reward_scale: float = 1.0
+    """multiply rewards by this"""
+
+    buffer_size: int = 1000000
+    """replay buffer capacity in transitions per seed (capped at --total-timesteps)"""
+    gamma: float = 0.99
+    """discount factor"""
+    tau: float = 0.005
+    """target network smoothing coefficient"""
+    batch_size: int = 256
+    """transitions per gradient update"""
+    learning_starts: int = 5000
+    """env steps of uniform random actions before the first update"""
+    policy_lr: float = 3e-4
+    """actor learning rate"""
+    q_lr: float = 1e-3
+    """Q-network (and temperature) learning rate"""
+    grad_updates_per_step: int = 1
+    """Q updates per vector-env step (num_envs transitions)"""
+    policy_frequency: int = 2
+    """every this many Q updates, update the actor (and alpha) this many times (delayed, as TD3)"""
+    target_network_frequency: int = 1
+    """soft-update the target Q networks every this many Q updates"""
+    alpha: float = 0.2
+    """entropy coefficient when not autotuned"""
+    autotune: bool = True
+    """learn the entropy coefficient toward --target-entropy"""
+    init_alpha: float = 1.0
+    """starting entropy coefficient when autotuned (CleanRL and Brax: log alpha = 0)"""
+    target_entropy: Optional[float] = None
+    """target policy entropy when autotuned (default: -action_dim)"""
+    backup_entropy: bool = True
+    """subtract alpha * log pi of the next action in the Q target (soft backup)"""
+    bootstrap_truncation: bool = True
+    """bootstrap from the final observation at time limits (CleanRL does; off: treat them as terminations)"""
+    actor_hidden: tuple[int, ...] = (256, 256)
+    """actor hidden layer sizes (ReLU)"""
+    critic_hidden: tuple[int, ...] = (256, 256)
+    """Q-network hidden layer sizes (ReLU)"""
+
+    log_every: int = 1000
+    """log losses and episode statistics every this many env steps"""
+    eval_every: int = 100000
+    """evaluate every this many env steps (and at the end)"""
+    num_eval_envs: int = 10
+    """evaluation episodes, one per eval env, deterministic (mean) actions"""
+
+
+class Transitions(NamedTuple):
+    """Replay storage (capacity rows) or a sampled batch; observations raw, before normalisation."""
+    obs: jax.Array
+    action: jax.Array
+    reward: jax.Array
+    next_obs: jax.Array  # the observation after the step in the same episode (the true last one at its end)
+    terminal: jax.Array  # 1.0 where the target must not bootstrap
+
+
+class TrainState(NamedTuple):
+    params: dict  # actor, qf (twin Q networks stacked), qf_target, log_alpha
+    opt_state: dict
+    env_state: object
+    obs: jax.Array  # raw
+    buffer: Transitions
+    key: jax.Array
+    iteration: jax.Array  # vector-env steps taken; equal for all seeds, so it stays unbatched under vmap
+
+
+def soft_q_target(reward, terminal, next_q, next_log_prob, alpha, gamma, backup_entropy=True):
+    """r + gamma * (min of the target Qs at the next state - alpha * log pi(next action)), no bootstrap
+    past a termination. `next_q` is (2, batch): both target networks."""
+    next_value = next_q.min(0) - (alpha * next_log_prob if backup_entropy else 0.0)
+    return reward + gamma * (1.0 - terminal) * next_value
+
+
+def alpha_loss(log_alpha, log_prob, target_entropy):
+    """Gradient raises alpha while the policy's entropy (-log pi) is below the target, lowers it above."""
+    return (-jnp.exp(log_alpha) * (log_prob + target_entropy)).mean()
+
+
+def insert(buffer: Transitions, new: Transitions, row) -> Transitions:
+    """Write one vector step (num_envs rows) at `row`; capacity is a multiple of num_envs, so no wrap inside."""
+    return jax.tree.map(lambda b, x: jax.lax.dynamic_update_slice_in_dim(b, x, row, 0), buffer, new)
+
+
+def sample(buffer: Transitions, key, size, batch_size: int) -> Transitions:
+    """Uniform with replacement over the `size` rows filled so far, as CleanRL's (SB3) buffer."""
+    return jax.tree.map(lambda x: x[jax.random.randint(key, (batch_size,), 0, size)], buffer)
+
+
+def buffer_capacity(args) -> int:
+    """Rows per seed: no more than the run will fill, a multiple of num_envs so inserts never wrap."""
+    capacity = min(args.buffer_size, args.total_timesteps)
+    return capacity - capacity % args.num_envs
+
+
+def make_train(args, env, eval_env, iterations_per_log, logs_per_chunk):
+    """Returns pure functions `init(key, params, norm) -> TrainState`, `train_chunk(state) -> (state, metrics)`
+    (logs_per_chunk x iterations_per_log vector-env steps, metrics per log interval) and
+    `evaluate(params, norm, key) -> returns`."""
+    spec = env.spec
+    obs_size, action_dim = int(np.prod(spec.obs_shape)), spec.action_dim
+    capacity = buffer_capacity(args)
+    scale = jnp.asarray((spec.action_high - spec.action_low) / 2.0)
+    bias = jnp.asarray((spec.action_high + spec.action_low) / 2.0)
+    target_entropy = -float(action_dim) if args.target_entropy is None else args.target_entropy
+    learning_starts = -(-args.learning_starts // args.num_envs)  # in vector-env steps
+    actor_tx, q_tx, alpha_tx = optax.adam(args.policy_lr), optax.adam(args.q_lr), optax.adam(args.q_lr)
+
+    def observe(norm, obs):
+        return normalize(norm.obs, obs, 10.0) if args.normalize_obs else obs
+
+    def actor_head(actor, obs):
+        mean, log_std = jnp.split(mlp_apply(actor, obs, "relu"), 2, axis=-1)
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (jnp.tanh(log_std) + 1)
+        return mean, log_std
+
+    def sample_action(actor, obs, key):
+        """Tanh-squashed Gaussian scaled to the bounds, with the log-density of the squashed action."""
+        mean, log_std = actor_head(actor, obs)
+        dist = distrax.MultivariateNormalDiag(mean, jnp.exp(log_std))
+        x = dist.sample(seed=key)
+        y = jnp.tanh(x)
+        log_prob = dist.log_prob(x) - jnp.log(scale * (1 - y**2) + 1e-6).sum(-1)  # CleanRL's epsilon
+        return y * scale + bias, log_prob
+
+    def mean_action(actor, obs):
+        return jnp.tanh(actor_head(actor, obs)[0]) * scale + bias
+
+    def q_values(qf, obs, action):
+        x = jnp.concatenate([obs, action], -1)
+        return jax.vmap(lambda p: mlp_apply(p, x, "relu")[..., 0])(qf)  # (2, batch)
+
+    def init(key, params=None, norm=None):
+        key, k_actor, k_q, k_env = jax.random.split(key, 4)
+        if params is None:
+            qf = jax.vmap(lambda k: mlp_init_torch(k, (obs_size + action_dim, *args.critic_hidden, 1)))(
+                jax.random.split(k_q))
+            params = {"actor": mlp_init_torch(k_actor, (obs_size, *args.actor_hidden, 2 * action_dim)),
+                      "qf": qf, "qf_target": qf, "log_alpha": jnp.log(jnp.float32(args.init_alpha))}
+        opt_state = {"actor": actor_tx.init(params["actor"]), "qf": q_tx.init(params["qf"]),
+                     "log_alpha": alpha_tx.init(params["log_alpha"])}
+        env_state, obs = env.reset(k_env, norm)
+        if args.normalize_obs and norm is None:
+            env_state = env_state._replace(norm=env_state.norm._replace(obs=update_stats(env_state.norm.obs, obs)))
+        empty = lambda *shape: jnp.zeros((capacity, *shape), jnp.float32)
+        buffer = Transitions(empty(obs_size), empty(action_dim), empty(), empty(obs_size), empty())
+        return TrainState(params, opt_state, env_state, obs, buffer, key, jnp.int32(0))
+
+    def critic_loss(qf, params, batch, key):
+        alpha = jnp.exp(params["log_alpha"]) if args.autotune else args.alpha
+        next_action, next_log_prob = sample_action(params["actor"], batch.next_obs, key)
+        next_q = q_values(params["qf_target"], batch.next_obs, next_action)
+        target = soft_q_target(batch.reward, batch.terminal, next_q, next_log_prob, alpha, args.gamma,
+                               args.backup_entropy)
+        q = q_values(qf, batch.obs, batch.action)
+        qf1_loss, qf2_loss = ((q - target) ** 2).mean(1)
+        return qf1_loss + qf2_loss, {"losses/qf1_values": q[0].mean(), "losses/qf2_values": q[1].mean(),
+                                     "losses/qf1_loss": qf1_loss, "losses/qf2_loss": qf2_loss,
+                                     "losses/qf_loss": (qf1_loss + qf2_loss) / 2.0}
+
+    def actor_loss(actor, params, obs, key):
+        alpha = jnp.exp(params["log_alpha"]) if args.autotune else args.alpha
+        action, log_prob = sample_action(actor, obs, key)
+        return (alpha * log_prob - q_values(params["qf"], obs, action).min(0)).mean()
+
+    def update_actor_and_alpha(carry, key):
+        params, opt_state, obs = carry
+        k_actor, k_alpha = jax.random.split(key)
+        loss, grads = jax.value_and_grad(actor_loss)(params["actor"], params, obs, k_actor)
+        updates, actor_opt = actor_tx.update(grads, opt_state["actor"])
+        params = {**params, "actor": optax.apply_updates(params["actor"], updates)}
+        opt_state = {**opt_state, "actor": actor_opt}
+        metrics = {"losses/actor_loss": loss}
+        if args.autotune:  # as CleanRL: with log pi of the just-updated actor
+            _, log_prob = sample_action(params["actor"], obs, k_alpha)
+            a_loss, grad = jax.value_and_grad(alpha_loss)(params["log_alpha"], log_prob, target_entropy)
+            updates, alpha_opt = alpha_tx.update(grad, opt_state["log_alpha"])
+            params = {**params, "log_alpha": optax.apply_updates(params["log_alpha"], updates)}
+            opt_state = {**opt_state, "log_alpha": alpha_opt}
+            metrics["losses/alpha_loss"] = a_loss
+        metrics["losses/alpha"] = jnp.exp(params["log_alpha"]) if args.autotune else jnp.float32(args.alpha)
+        return (params, opt_state, obs), metrics
+
+    def update(carry, n):
+        """One Q update on a fresh batch; `n` counts Q updates (unbatched, so the conds stay conds)."""
+        params, opt_state, buffer, norm, size, key = carry
+        key, k_idx, k_q, k_actor = jax.random.split(key, 4)
+        batch = sample(buffer, k_idx, size, args.batch_size)
+        batch = batch._replace(obs=observe(norm, batch.obs), next_obs=observe(norm, batch.next_obs))
+        (_, metrics), grads = jax.value_and_grad(critic_loss, has_aux=True)(params["qf"], params, batch, k_q)
+        updates, q_opt = q_tx.update(grads, opt_state["qf"])
+        params = {**params, "qf": optax.apply_updates(params["qf"], updates)}
+        opt_state = {**opt_state, "qf": q_opt}
+
+        def actor_steps():
+            keys = jax.random.split(k_actor, args.policy_frequency)
+            (p, o, _), m = jax.lax.scan(update_actor_and_alpha, (params, opt_state, batch.obs), keys)
+            return p, o, jax.tree.map(jnp.mean, m)
+
+        def skip():
+            shapes = jax.eval_shape(actor_steps)[2]
+            return params, opt_state, jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)
+
+        params, opt_state, actor_metrics = jax.lax.cond(n % args.policy_frequency == 0, actor_steps, skip)
+        tau = jnp.where(n % args.target_network_frequency == 0, args.tau, 0.0)
+        target = jax.tree.map(lambda t, q: tau * q + (1 - tau) * t, params["qf_target"], params["qf"])
+        params = {**params, "qf_target": target}
+        return (params, opt_state, buffer, norm, size, key), {**metrics, **actor_metrics}
+
+    def env_step(state, _):
+        params, opt_state, env_state, obs, buffer, key, iteration = state
+        key, k_random, k_policy, k_update = jax.random.split(key, 4)
+        random_action = jax.random.uniform(k_random, (args.num_envs, action_dim), minval=spec.action_low,
+                                           maxval=spec.action_high)
+        policy_action, _ = sample_action(params["actor"], observe(env_state.norm, obs), k_policy)
+        action = jnp.where(iteration < learning_starts, random_action, policy_action)
+        env_state, next_obs, reward, terminated, truncated, final_obs, episode = env.step(env_state, action)
+        terminal = terminated if args.bootstrap_truncation else terminated | truncated
+        row = (iteration * args.num_envs) % capacity
+        new = Transitions(obs, action, reward, final_obs, terminal.astype(jnp.float32))
+        buffer = insert(buffer, new, row)
+        norm = env_state.norm
+        if args.normalize_obs:  # statistics of what the policy sees, as Brax updates its normaliser
+            norm = norm._replace(obs=update_stats(norm.obs, next_obs))
+            env_state = env_state._replace(norm=norm)
+        size = jnp.minimum((iteration + 1) * args.num_envs, capacity)
+
+        def learn():
+            first = (iteration - learning_starts) * args.grad_updates_per_step
+            carry, m = jax.lax.scan(update, (params, opt_state, buffer, norm, size, k_update),
+                                    first + jnp.arange(args.grad_updates_per_step))
+            return carry[0], carry[1], jax.tree.map(jnp.nanmean, m)
+
+        def wait():
+            shapes = jax.eval_shape(learn)[2]
+            return params, opt_state, jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)
+
+        params, opt_state, metrics = jax.lax.cond(iteration >= learning_starts, learn, wait)
+        metrics["episodes"] = episode.done.sum()
+        metrics["return_sum"] = jnp.where(episode.done, episode.episode_return, 0.0).sum()
+        metrics["length_sum"] = jnp.where(episode.done, episode.episode_length, 0).sum()
+        return TrainState(params, opt_state, env_state, next_obs, buffer, key, iteration + 1), metrics
+
+    def log_interval(state, _):
+        state, m = jax.lax.scan(env_step, state, None, iterations_per_log)
+        summed = {k: m.pop(k).sum() for k in ("episodes", "return_sum", "length_sum")}
+        return state, {**jax.tree.map(jnp.nanmean, m), **summed}  # NaN (not logged) before learning starts
+
+    def train_chunk(state):
+        return jax.lax.scan(log_interval, state, None, logs_per_chunk)
+
+    def evaluate(params, norm, key):
+        env_state, obs = eval_env.reset(key, norm)
+
+        def step(carry, _):
+            env_state, obs, returns, finished = carry
+            env_state, obs, _, _, _, _, ep = eval_env.step(env_state, mean_action(params["actor"], obs))
+            returns = jnp.where(ep.done & ~finished, ep.episode_return, returns)
+            return (env_state, obs, returns, finished | ep.done), None
+
+        zeros = jnp.zeros(eval_env.num_envs)
+        (_, _, returns, _), _ = jax.lax.scan(step, (env_state, obs, zeros, zeros.astype(bool)), None,
+                                             eval_env.spec.max_episode_steps)
+        return returns
+
+    return init, train_chunk, evaluate
+
+
+def check_args(args):
+    check_positive(args, ["total_timesteps", "num_envs", "num_seeds", "buffer_size", "batch_size", "policy_lr",
+                          "q_lr", "grad_updates_per_step", "policy_frequency", "target_network_frequency",
+                          "init_alpha", "log_every", "eval_every", "num_eval_envs", "max_episode_steps",
+                          "eval_max_episode_steps"])
+    if args.learning_starts < 0:
+        raise UsageError(f"--learning-starts must be >= 0, got {args.learning_starts}")
+    if not 0 < args.tau <= 1:
+        raise UsageError(f"--tau must be in (0, 1], got {args.tau}")
+    if buffer_capacity(args) == 0:
+        raise UsageError(f"--buffer-size {args.buffer_size} holds less than one step of --num-envs "
+                         f"{args.num_envs}; raise it")
+    if args.total_timesteps < max(args.log_every, args.num_envs):
+        raise UsageError(f"--total-timesteps {args.total_timesteps} is less than one log interval "
+                         f"(--log-every {args.log_every}); raise it or log more often")
+    if args.eval_only and not args.load_model:
+        raise UsageError("--eval-only needs --load-model PATH (a model.ckpt written by --save-model)")
+
+
+def available_memory(device) -> int:
+    """Bytes free for the buffer: device memory on accelerators, MemAvailable on the host."""
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    if stats and "bytes_limit" in stats:
+        return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_buffer_memory(args, spec) -> None:
+    """Say what the replay buffer takes, and refuse one that cannot fit instead of running out mid-compile."""
+    obs_size = int(np.prod(spec.obs_shape))
+    row = 4 * (2 * obs_size + spec.action_dim + 2)  # float32 obs, action, reward, next obs, terminal
+    need, device = row * buffer_capacity(args) * args.num_seeds, jax.devices()[0]
+    free = available_memory(device)
+    print(f"replay buffer: {buffer_capacity(args):,} transitions x {args.num_seeds} seed(s) x {row} B = "
+          f"{need / 2**30:.2f} GiB on {device.platform} ({free / 2**30:.1f} GiB free)")
+    if need > 0.9 * free:
+        raise UsageError(f"the replay buffer needs {need / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB of "
+                         f"{device.platform} memory is free; lower --buffer-size or --num-seeds")
+
+
+def unalias(tree):
+    """Copy leaves that are the same array as an earlier leaf (Brax states share some): XLA refuses to
+    donate one buffer twice."""
+    seen = set()
+
+    def fresh(x):
+        if id(x) in seen:
+            return jnp.copy(x)
+        seen.add(id(x))
+        return x
+
+    return jax.tree.map(fresh, tree)
+
+
+def main():
+    args = parse_args(Args)
+    ckpt = load_checkpoint(args.load_model) if args.load_model else None
+    if ckpt is not None:  # the network and env must match the saved parameters
+        for name in ("env_id", "actor_hidden", "critic_hidden", "normalize_obs"):
+            setattr(args, name, type(getattr(args, name))(ckpt["config"][name]))
+    check_args(args)
+    setup_jax()
+
+    if args.capture_video:
+        os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo renders headless through EGL
+    env_kwargs = dict(reward_scale=args.reward_scale, brax_backend=args.brax_backend,
+                      brax_true_reset=args.brax_true_reset, asynchronous=args.async_envs)
+    # the training env returns raw observations: the buffer stores them, the learner normalises on use
+    env = make_env(args.env_id, args.num_envs, num_copies=args.num_seeds,
+                   max_episode_steps=args.max_episode_steps, **env_kwargs)
+    if env.spec.discrete:
+        env.close()
+        raise UsageError(f"'{args.env_id}' has discrete actions; sac.py needs a continuous (Box) action space: "
+                         f"use ppo_discrete.py")
+    try:
+        check_buffer_memory(args, env.spec)
+    except UsageError:
+        env.close()
+        raise
+    seeds = [args.seed + i for i in range(args.num_seeds)]
+    configs = [{**dataclasses.asdict(args), "seed": s} for s in seeds]
+    exp = args.exp_name + ("-eval" if args.eval_only else "")
+    run_dirs, loggers = open_runs(args, [exp] * len(seeds), seeds, configs)
+    eval_env = make_env(args.env_id, args.num_eval_envs, num_copies=args.num_seeds, freeze_stats=True,
+                        normalize_obs=args.normalize_obs,
+                        max_episode_steps=args.eval_max_episode_steps or args.max_episode_steps,
+                        video_dir=os.path.join(run_dirs[0], "videos") if args.capture_video else None, **env_kwargs)
+    if eval_env.spec.max_episode_steps is None:
+        raise UsageError(f"'{args.env_id}' has no time limit; pass --eval-max-episode-steps")
+
+    iterations_per_log = max(1, args.log_every // args.num_envs)
+    steps_per_log = iterations_per_log * args.num_envs
+    num_logs = args.total_timesteps // steps_per_log
+    per_chunk = chunk_length(num_logs, min(max(1, args.eval_every // steps_per_log), -(-num_logs // 20)))
+    init, train_chunk, evaluate = make_train(args, env, eval_env, iterations_per_log, per_chunk)
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.array(seeds))
+    params, norm = (ckpt["params"], ckpt["norm"]) if ckpt else (None, None)
+    axes = TrainState(0, 0, 0, 0, 0, 0, None)  # the step counter is shared by all seeds
+    state = jax.vmap(init, in_axes=(0, None, None), out_axes=axes)(keys, params, norm)  # not jitted, see ppo
+    # donated, so the replay buffer is updated in place rather than copied every chunk
+    compiled = jax.jit(jax.vmap(train_chunk, in_axes=(axes,), out_axes=(axes, 0)), donate_argnums=(0,))
+    train_chunk = lambda state: compiled(unalias(state))
+    evaluate = jax.jit(jax.vmap(evaluate))
+    try:
+        if args.eval_only:
+            returns = evaluate_runs(evaluate, state, seeds, 0, loggers)
+            print(f"eval/episodic_return {returns.mean():.2f} over {args.num_eval_envs} episodes per seed")
+            for logger in loggers:
+                logger.close()
+        else:
+            train_loop(args, state, train_chunk, evaluate, seeds=seeds, run_dirs=run_dirs, loggers=loggers,
+                       configs=configs, batch_size=steps_per_log, num_updates=num_logs, per_chunk=per_chunk)
+    finally:
+        env.close()
+        eval_env.close()
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,202 @@
+import csv
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sac
+from common.config import run_main
+from common.envs import Env, EnvSpec, EpisodeStats, make_env
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_soft_q_target_matches_hand_computation():
+    reward, terminal = np.array([1.0, -2.0, 0.5]), np.array([0.0, 1.0, 0.0])
+    next_q = np.array([[3.0, 5.0, -1.0], [4.0, 2.0, -2.0]])  # two target networks
+    next_log_prob = np.array([-1.0, 0.3, 2.0])
+    alpha, gamma = 0.2, 0.9
+    got = sac.soft_q_target(jnp.asarray(reward), jnp.asarray(terminal), jnp.asarray(next_q),
+                            jnp.asarray(next_log_prob), alpha, gamma)
+    # min Q: 3, 2, -2; soft value subtracts alpha * log pi; a termination keeps the reward only
+    expected = [1.0 + 0.9 * (3.0 + 0.2), -2.0, 0.5 + 0.9 * (-2.0 - 0.4)]
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    plain = sac.soft_q_target(jnp.asarray(reward), jnp.asarray(terminal), jnp.asarray(next_q),
+                              jnp.asarray(next_log_prob), alpha, gamma, backup_entropy=False)
+    np.testing.assert_allclose(plain, [1.0 + 0.9 * 3.0, -2.0, 0.5 + 0.9 * -2.0], rtol=1e-6)
+
+
+def test_alpha_loss_value_and_gradient():
+    log_prob, log_alpha, target = np.array([-1.0, 0.5, 2.5]), np.log(0.5), -3.0
+    loss, grad = jax.value_and_grad(sac.alpha_loss)(jnp.float32(log_alpha), jnp.asarray(log_prob), target)
+    np.testing.assert_allclose(loss, np.mean(-0.5 * (log_prob + target)), rtol=1e-6)
+    np.testing.assert_allclose(grad, loss, rtol=1e-6)  # d/d log_alpha of -exp(log_alpha) * c is the loss
+    # the entropy estimate -mean(log pi) = -0.67 is above the target -3: a gradient step lowers alpha
+    assert grad > 0
+    low_entropy = jax.grad(sac.alpha_loss)(jnp.float32(log_alpha), jnp.array([4.0, 5.0, 6.0]), target)
+    assert low_entropy < 0  # entropy -5 is below the target: alpha rises
+
+
+def test_buffer_wraps_around_and_samples_uniformly_from_filled_rows():
+    capacity, num_envs = 6, 2
+    buffer = sac.Transitions(*(jnp.zeros((capacity,) + s) for s in [(1,), (1,), (), (1,), ()]))
+    for step in range(5):  # 10 rows into 6: steps 3 and 4 overwrite rows 0-3
+        value = jnp.float32(step) * 10 + jnp.arange(num_envs)
+        new = sac.Transitions(value[:, None], value[:, None], value, value[:, None], value)
+        buffer = sac.insert(buffer, new, (step * num_envs) % capacity)
+    np.testing.assert_array_equal(buffer.reward, [30, 31, 40, 41, 20, 21])
+
+    counts = np.zeros(capacity)
+    for i in range(20):
+        batch = sac.sample(buffer, jax.random.PRNGKey(i), 4, 1000)  # only 4 rows filled
+        rows = np.searchsorted(np.asarray(buffer.reward), np.asarray(batch.reward), sorter=np.argsort(buffer.reward))
+        counts += np.bincount(np.argsort(buffer.reward)[rows], minlength=capacity)
+    assert counts[4:].sum() == 0  # never beyond the filled rows
+    assert np.all(np.abs(counts[:4] / counts.sum() - 0.25) < 0.02), counts
+
+
+def scripted_env(num_envs=2):
+    """Observation = step count; env 0 terminates every 4th step, env 1 is truncated every 3rd; the final
+    observation is marked by +0.5 so it can't be confused with the reset observation that replaces it."""
+    spec = EnvSpec("scripted", (1,), False, 1, -np.ones(1, np.float32), np.ones(1, np.float32), 3)
+    period = jnp.array([4, 3])
+
+    def step(state, action):
+        t, env_state = state + 1, None
+        terminated = jnp.array([True, False]) & (t % period == 0)
+        truncated = jnp.array([False, True]) & (t % period == 0)
+        done = terminated | truncated
+        final = jnp.where(done, t + 0.5, t).astype(jnp.float32)[:, None]
+        obs = jnp.where(done, 0, t).astype(jnp.float32)[:, None]
+        zeros = jnp.zeros(num_envs)
+        return (jnp.where(done, 0, t), obs, t.astype(jnp.float32), terminated, truncated, final,
+                EpisodeStats(done, zeros, t))
+
+    def reset(key, norm=None):
+        from common.envs import EnvState, NormStats, init_stats
+        state = EnvState(jnp.zeros(num_envs, jnp.int32), jnp.zeros(num_envs), jnp.zeros(num_envs, jnp.int32),
+                         jnp.zeros(num_envs), NormStats(init_stats((1,)), init_stats(())))
+        return state, jnp.zeros((num_envs, 1))
+
+    def wrapped_step(state, action):
+        inner, obs, reward, term, trunc, final, ep = step(state.inner, action)
+        return state._replace(inner=inner), obs, reward, term, trunc, final, ep
+
+    return Env(reset, wrapped_step, spec, num_envs, lambda: None)
+
+
+@pytest.mark.parametrize("bootstrap", [True, False])
+def test_buffer_stores_final_obs_and_terminations_not_truncations(bootstrap):
+    env = scripted_env()
+    args = sac.Args(env_id="scripted", num_envs=2, total_timesteps=24, buffer_size=24, learning_starts=10**6,
+                    bootstrap_truncation=bootstrap, actor_hidden=(8,), critic_hidden=(8,))
+    init, train_chunk, _ = sac.make_train(args, env, env, 12, 1)
+    state, _ = jax.jit(train_chunk)(init(jax.random.PRNGKey(0)))
+    b = jax.tree.map(np.asarray, state.buffer)
+    obs, next_obs, terminal = b.obs.reshape(12, 2), b.next_obs.reshape(12, 2), b.terminal.reshape(12, 2)
+    t = np.arange(1, 13)[:, None]
+    episode_step = (t - 1) % np.array([4, 3]) + 1  # env 0 ends every 4th step, env 1 every 3rd
+    ended = episode_step == np.array([4, 3])
+    np.testing.assert_array_equal(obs, episode_step - 1)  # what the policy saw, reset obs included
+    np.testing.assert_array_equal(next_obs, np.where(ended, episode_step + 0.5, episode_step))
+    np.testing.assert_array_equal(terminal[:, 0], ended[:, 0])  # terminations always stop the bootstrap
+    np.testing.assert_array_equal(terminal[:, 1], ended[:, 1] & (not bootstrap))  # time limits only if asked
+    assert np.all(np.abs(b.action) <= 1)
+
+
+def test_pendulum_learns():
+    args = sac.Args(env_id="Pendulum-v1", total_timesteps=8000, learning_starts=1000)
+    env = make_env(args.env_id, args.num_envs)
+    eval_env = make_env(args.env_id, 5, freeze_stats=True)
+    init, train_chunk, evaluate = sac.make_train(args, env, eval_env, 1000, 8)
+    state, metrics = jax.jit(train_chunk)(init(jax.random.PRNGKey(1)))
+    returns = jax.jit(evaluate)(state.params, state.env_state.norm, jax.random.PRNGKey(2))
+    env.close()
+    eval_env.close()
+    assert returns.mean() > -400, returns  # random actions score about -1,200
+    assert np.isnan(metrics["losses/qf_loss"][0]) and np.isfinite(metrics["losses/qf_loss"][1:]).all()
+    assert metrics["losses/alpha"][-1] < 0.2  # autotuned down from 1.0
+
+
+def cli(monkeypatch, capsys, *argv):
+    monkeypatch.setattr(sys, "argv", ["sac.py", *argv])
+    code = 0
+    try:
+        run_main(sac.main)
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--env-id", "Hoper-v4"], "unknown env id 'Hoper-v4' (did you mean Hopper-v4"),
+    (["--env-id", "CartPole-v1"], "has discrete actions"),
+    (["--batch-size", "0"], "--batch-size must be positive"),
+    (["--tau", "1.5"], "--tau must be in (0, 1]"),
+    (["--learning-starts", "-1"], "--learning-starts must be >= 0"),
+    (["--num-envs", "4", "--buffer-size", "3"], "--buffer-size 3 holds less than one step"),
+    (["--config", "missing.yaml"], "config file 'missing.yaml' not found"),
+    (["--eval-only"], "--eval-only needs --load-model"),
+    (["--total-timesteps", str(10**13), "--buffer-size", str(10**13)], "lower --buffer-size or --num-seeds"),
+])
+def test_bad_input_exits_2_with_one_line(monkeypatch, capsys, tmp_path, argv, message):
+    monkeypatch.chdir(tmp_path)
+    code, err = cli(monkeypatch, capsys, *argv)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
+    assert not os.path.exists(tmp_path / "runs")
+
+
+def run_script(tmp_path, *argv):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "sac.py"), *argv], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+
+
+def read_metrics(run_dir):
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_cli_gymnasium_logs_cleanrl_metrics_saves_and_evaluates(tmp_path):
+    out = run_script(tmp_path, "--env-id", "Pendulum-v1", "--total-timesteps", "1200", "--learning-starts", "300",
+                     "--log-every", "200", "--eval-every", "600", "--num-eval-envs", "2", "--batch-size", "64",
+                     "--save-model", "--exp-name", "smoke", "--num-seeds", "2")
+    assert out.returncode == 0, out.stderr
+    assert "replay buffer: 1,200 transitions x 2 seed(s)" in out.stdout
+    run_dirs = sorted((tmp_path / "runs").iterdir())
+    assert [d.name.split("__")[2] for d in run_dirs] == ["1", "2"]
+    rows = read_metrics(run_dirs[0])
+    names = {r["metric"] for r in rows}
+    for name in ["losses/qf1_values", "losses/qf2_values", "losses/qf1_loss", "losses/qf2_loss", "losses/qf_loss",
+                 "losses/actor_loss", "losses/alpha", "losses/alpha_loss", "charts/episodic_return",
+                 "charts/episodic_length", "charts/SPS", "eval/episodic_return"]:
+        assert name in names, name
+    # global_step = env steps; nothing is learnt (or logged as a loss) before step 300
+    assert sorted({int(r["global_step"]) for r in rows if r["metric"] == "losses/qf_loss"}) == [400, 600, 800,
+                                                                                               1000, 1200]
+    assert {float(r["value"]) for r in rows if r["metric"] == "charts/episodic_length"} == {200.0}
+    assert [int(r["global_step"]) for r in rows if r["metric"] == "eval/episodic_return"] == [600, 1200]
+
+    out = run_script(tmp_path, "--load-model", str(run_dirs[1] / "model.ckpt"), "--eval-only",
+                     "--num-eval-envs", "2")
+    assert out.returncode == 0, out.stderr
+    assert "eval/episodic_return" in out.stdout
+
+
+def test_cli_brax_smoke_with_preset(tmp_path):
+    out = run_script(tmp_path, "--config", os.path.join(ROOT, "configs", "sac_brax_hopper.yaml"),
+                     "--env-id", "brax/inverted_pendulum", "--brax-backend", "positional", "--num-envs", "8",
+                     "--total-timesteps", "1024", "--learning-starts", "256", "--batch-size", "32",
+                     "--grad-updates-per-step", "2", "--actor-hidden", "16", "--critic-hidden", "16",
+                     "--log-every", "128", "--eval-every", "512", "--num-eval-envs", "2",
+                     "--eval-max-episode-steps", "50", "--exp-name", "smoke")
+    assert out.returncode == 0, out.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    rows = read_metrics(run_dir)
+    evals = [float(r["value"]) for r in rows if r["metric"] == "eval/episodic_return"]
+    assert len(evals) == 2 and all(0 < v <= 50 for v in evals)
+    assert np.isfinite([float(r["value"]) for r in rows if r["metric"].startswith("losses/")]).all()
