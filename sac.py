@@ -7,6 +7,7 @@ sample, update) inside one jitted `jax.lax.scan`, on Gymnasium or Brax envs, rep
 import dataclasses
 import os
 from dataclasses import dataclass
+from functools import partial
 from typing import NamedTuple, Optional
 
 import distrax
@@ -229,6 +230,11 @@ def make_train(args, env, eval_env, iterations_per_log, logs_per_chunk):
                                      "losses/qf1_loss": qf1_loss, "losses/qf2_loss": qf2_loss,
                                      "losses/qf_loss": (qf1_loss + qf2_loss) / 2.0}
 
+    def unchanged(params, opt_state, update_fn):
+        """The other branch of a cond around `update_fn`: no update, NaN metrics (not logged)."""
+        shapes = jax.eval_shape(update_fn)[2]
+        return params, opt_state, jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)
+
     def actor_loss(actor, params, obs, key):
         alpha = jnp.exp(params["log_alpha"]) if args.autotune else args.alpha
         action, log_prob = sample_action(actor, obs, key)
@@ -268,11 +274,8 @@ def make_train(args, env, eval_env, iterations_per_log, logs_per_chunk):
             (p, o, _), m = jax.lax.scan(update_actor_and_alpha, (params, opt_state, batch.obs), keys)
             return p, o, jax.tree.map(jnp.mean, m)
 
-        def skip():
-            shapes = jax.eval_shape(actor_steps)[2]
-            return params, opt_state, jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)
-
-        params, opt_state, actor_metrics = jax.lax.cond(n % args.policy_frequency == 0, actor_steps, skip)
+        params, opt_state, actor_metrics = jax.lax.cond(n % args.policy_frequency == 0, actor_steps,
+                                                        partial(unchanged, params, opt_state, actor_steps))
         tau = jnp.where(n % args.target_network_frequency == 0, args.tau, 0.0)
         target = jax.tree.map(lambda t, q: tau * q + (1 - tau) * t, params["qf_target"], params["qf"])
         params = {**params, "qf_target": target}
@@ -302,11 +305,8 @@ def make_train(args, env, eval_env, iterations_per_log, logs_per_chunk):
                                     first + jnp.arange(args.grad_updates_per_step))
             return carry[0], carry[1], jax.tree.map(jnp.nanmean, m)
 
-        def wait():
-            shapes = jax.eval_shape(learn)[2]
-            return params, opt_state, jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)
-
-        params, opt_state, metrics = jax.lax.cond(iteration >= learning_starts, learn, wait)
+        params, opt_state, metrics = jax.lax.cond(iteration >= learning_starts, learn,
+                                                  partial(unchanged, params, opt_state, learn))
         metrics["episodes"] = episode.done.sum()
         metrics["return_sum"] = jnp.where(episode.done, episode.episode_return, 0.0).sum()
         metrics["length_sum"] = jnp.where(episode.done, episode.episode_length, 0).sum()
@@ -356,16 +356,16 @@ def check_args(args):
         raise UsageError("--eval-only needs --load-model PATH (a model.ckpt written by --save-model)")
 
 
-def available_memory(device) -> int:
-    """Bytes free for the buffer: device memory on accelerators, MemAvailable on the host."""
-    stats = device.memory_stats() if device.platform != "cpu" else None
-    if stats and "bytes_limit" in stats:
+def available_memory(device) -> int | None:
+    """Bytes free for the buffer: device memory on accelerators, MemAvailable on a Linux host, else None."""
+    stats = (device.memory_stats() if device.platform != "cpu" else None) or {}
+    if "bytes_limit" in stats:
         return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
     try:
         with open("/proc/meminfo") as f:
             return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
     except (OSError, StopIteration):
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return None
 
 
 def check_buffer_memory(args, spec) -> None:
@@ -375,24 +375,33 @@ def check_buffer_memory(args, spec) -> None:
     need, device = row * buffer_capacity(args) * args.num_seeds, jax.devices()[0]
     free = available_memory(device)
     print(f"replay buffer: {buffer_capacity(args):,} transitions x {args.num_seeds} seed(s) x {row} B = "
-          f"{need / 2**30:.2f} GiB on {device.platform} ({free / 2**30:.1f} GiB free)")
-    if need > 0.9 * free:
+          f"{need / 2**30:.2f} GiB on {device.platform}" + (f" ({free / 2**30:.1f} GiB free)" if free else ""))
+    if free is not None and need > 0.9 * free:
         raise UsageError(f"the replay buffer needs {need / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB of "
                          f"{device.platform} memory is free; lower --buffer-size or --num-seeds")
 
 
-def unalias(tree):
-    """Copy leaves that are the same array as an earlier leaf (Brax states share some): XLA refuses to
-    donate one buffer twice."""
-    seen = set()
+AXES = TrainState(0, 0, 0, 0, 0, 0, None)  # vmap axes: the step counter is shared by all seeds
 
-    def fresh(x):
-        if id(x) in seen:
-            return jnp.copy(x)
-        seen.add(id(x))
-        return x
 
-    return jax.tree.map(fresh, tree)
+def vmap_runs(init, train_chunk):
+    """`init(keys, params, norm)` and a compiled `train_chunk(state)` over a leading axis of runs. The
+    chunk's state is donated, so the replay buffer is updated in place instead of copied every chunk."""
+    compiled = jax.jit(jax.vmap(train_chunk, in_axes=(AXES,), out_axes=(AXES, 0)), donate_argnums=(0,))
+
+    def unalias(tree):  # XLA refuses to donate one array twice, and Brax states share some
+        seen = set()
+
+        def fresh(x):
+            if id(x) in seen:
+                return jnp.copy(x)
+            seen.add(id(x))
+            return x
+
+        return jax.tree.map(fresh, tree)
+
+    # init is not jitted, see ppo_continuous.py
+    return jax.vmap(init, in_axes=(0, None, None), out_axes=AXES), lambda state: compiled(unalias(state))
 
 
 def main():
@@ -417,6 +426,8 @@ def main():
                          f"use ppo_discrete.py")
     try:
         check_buffer_memory(args, env.spec)
+        if (args.eval_max_episode_steps or env.spec.max_episode_steps) is None:
+            raise UsageError(f"'{args.env_id}' has no time limit; pass --eval-max-episode-steps")
     except UsageError:
         env.close()
         raise
@@ -428,8 +439,6 @@ def main():
                         normalize_obs=args.normalize_obs,
                         max_episode_steps=args.eval_max_episode_steps or args.max_episode_steps,
                         video_dir=os.path.join(run_dirs[0], "videos") if args.capture_video else None, **env_kwargs)
-    if eval_env.spec.max_episode_steps is None:
-        raise UsageError(f"'{args.env_id}' has no time limit; pass --eval-max-episode-steps")
 
     iterations_per_log = max(1, args.log_every // args.num_envs)
     steps_per_log = iterations_per_log * args.num_envs
@@ -438,11 +447,8 @@ def main():
     init, train_chunk, evaluate = make_train(args, env, eval_env, iterations_per_log, per_chunk)
     keys = jax.vmap(jax.random.PRNGKey)(jnp.array(seeds))
     params, norm = (ckpt["params"], ckpt["norm"]) if ckpt else (None, None)
-    axes = TrainState(0, 0, 0, 0, 0, 0, None)  # the step counter is shared by all seeds
-    state = jax.vmap(init, in_axes=(0, None, None), out_axes=axes)(keys, params, norm)  # not jitted, see ppo
-    # donated, so the replay buffer is updated in place rather than copied every chunk
-    compiled = jax.jit(jax.vmap(train_chunk, in_axes=(axes,), out_axes=(axes, 0)), donate_argnums=(0,))
-    train_chunk = lambda state: compiled(unalias(state))
+    init, train_chunk = vmap_runs(init, train_chunk)
+    state = init(keys, params, norm)
     evaluate = jax.jit(jax.vmap(evaluate))
     try:
         if args.eval_only:

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common.config import parse_args, setup_jax  # noqa: E402
 from common.envs import Env, EpisodeStats, make_env  # noqa: E402
-from sac import Args, TrainState, make_train  # noqa: E402
+from sac import Args, make_train, vmap_runs  # noqa: E402
 
 PRESET = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
                       "sac_hopper_cleanrl.yaml")
@@ -41,9 +41,8 @@ def zero_env(real: Env) -> Env:
 
 def steps_per_second(args, env, steps_per_chunk, chunks):
     init, train_chunk, _ = make_train(args, env, env, steps_per_chunk, 1)
-    axes = TrainState(0, 0, 0, 0, 0, 0, None)
-    state = jax.vmap(init, in_axes=(0, None, None), out_axes=axes)(jax.random.PRNGKey(0)[None], None, None)
-    chunk = jax.jit(jax.vmap(train_chunk, in_axes=(axes,), out_axes=(axes, 0)), donate_argnums=(0,))
+    init, chunk = vmap_runs(init, train_chunk)
+    state = init(jax.random.PRNGKey(0)[None], None, None)
     start = time.perf_counter()
     state, _ = chunk(state)
     jax.block_until_ready(state)
