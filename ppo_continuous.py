@@ -40,7 +40,7 @@ class Args:
     wandb_entity: Optional[str] = None
     """the wandb entity (team)"""
     capture_video: bool = False
-    """record evaluation episodes to runs/{run_name}/videos (Gymnasium envs)"""
+    """record evaluation episodes to runs/{run_name}/videos (Gymnasium and Brax envs)"""
     save_model: bool = False
     """save params, normalisation statistics and config to runs/{run_name}/model.ckpt"""
     load_model: Optional[str] = None

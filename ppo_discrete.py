@@ -48,7 +48,7 @@ class Args:
     wandb_entity: Optional[str] = None
     """the wandb entity (team)"""
     capture_video: bool = False
-    """record evaluation episodes to runs/{run_name}/videos (Gymnasium envs)"""
+    """record evaluation episodes to runs/{run_name}/videos (Gymnasium and Brax envs)"""
     save_model: bool = False
     """save params, normalisation statistics and config to runs/{run_name}/model.ckpt"""
     load_model: Optional[str] = None
@@ -338,6 +338,9 @@ def check_args(args):
         raise UsageError("--eval-only needs --load-model PATH (a model.ckpt written by --save-model)")
     if args.env_id.startswith("brax/"):
         raise UsageError(f"'{args.env_id}': Brax envs have continuous actions; use ppo_continuous.py")
+    if args.capture_video and args.env_id.startswith("gymnax/"):
+        raise UsageError(f"--capture-video films Gymnasium and Brax envs, not gymnax ('{args.env_id}'); "
+                         f"drop the flag or use the Gymnasium id")
 
 
 def main():

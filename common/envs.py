@@ -10,6 +10,7 @@ the raw (unnormalised) return and length of episodes that finished on this step.
 Env ids: Gymnasium ids as they are (`Hopper-v4`); JAX-native envs by prefix: `brax/NAME` (`brax/ant`),
 `gymnax/NAME` (`gymnax/CartPole-v1`).
 """
+import os
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -90,10 +91,43 @@ def _where(mask, a, b):
     return jax.tree.map(lambda x, y: jnp.where(mask.reshape(mask.shape + (1,) * (x.ndim - 1)), x, y), a, b)
 
 
-def _brax_env(name: str, num_envs: int, max_steps: int, backend: str, true_reset: bool):
+def _brax_recorder(env, video_dir: str, num_copies: int, limit: int) -> Callable:
+    """Host side of --capture-video for Brax: films the first episode of env 0 of the first seed in every
+    `limit` steps (one evaluation), as RecordVideo does for Gymnasium, rendered with MuJoCo at its end."""
+    import types
+
+    from brax.io import image
+    from moviepy import ImageSequenceClip
+
+    rec = {"calls": 0, "states": None}  # states: the episode being filmed, None between films
+
+    def record(q, qd, done):
+        # under vmap the callback runs once per seed, in order; only the first seed's env 0 is filmed
+        step, copy = divmod(rec["calls"], num_copies)
+        rec["calls"] += 1
+        if copy:
+            return
+        if step % limit == 0:
+            rec["states"] = []
+        if rec["states"] is None:
+            return
+        rec["states"].append(types.SimpleNamespace(q=np.asarray(q), qd=np.asarray(qd)))
+        if done or step % limit == limit - 1:
+            frames = image.render_array(env.sys, rec["states"])
+            rec["states"] = None
+            os.makedirs(video_dir, exist_ok=True)
+            ImageSequenceClip(frames, fps=round(1 / float(env.dt))).write_videofile(
+                os.path.join(video_dir, f"rl-video-step-{step - step % limit}.mp4"), logger=None)
+
+    return record
+
+
+def _brax_env(name: str, num_envs: int, max_steps: int, backend: str, true_reset: bool,
+              video_dir: str | None, num_copies: int):
     from brax import envs as brax_envs
 
     env = brax_envs.get_environment(name, backend=backend)
+    record = _brax_recorder(env, video_dir, num_copies, max_steps) if video_dir else None
 
     def reset(key):
         s = jax.vmap(env.reset)(jax.random.split(key, num_envs))
@@ -113,6 +147,8 @@ def _brax_env(name: str, num_envs: int, max_steps: int, backend: str, true_reset
         else:  # Brax's own trainers: every env restarts from its first start state
             fresh = first
         reward, final_obs = s.reward, s.obs
+        if record is not None:  # a debug callback: kept although nothing depends on it
+            jax.debug.callback(record, s.pipeline_state.q[0], s.pipeline_state.qd[0], done[0])
         s = _where(done, fresh, s)
         return (s, jnp.where(done, 0, steps), key, first), s.obs, reward, terminated, truncated, final_obs
 
@@ -250,7 +286,8 @@ def make_env(env_id: str, num_envs: int, *, num_copies: int = 1, max_episode_ste
              reward_scale: float = 1.0, clip: float = 10.0, freeze_stats: bool = False,
              brax_backend: str = "generalized", brax_true_reset: bool = True, asynchronous: bool = False,
              video_dir: str | None = None) -> Env:
-    """Build an env; `num_copies` is the number of vmapped seeds that will share it (Gymnasium only).
+    """Build an env; `num_copies` is the number of vmapped seeds that will share it (Gymnasium) or be
+    stepped one after another by its video callback (Brax).
 
     With `freeze_stats=True` the normalisation statistics passed to `reset` stay frozen (evaluation).
     Continuous actions are clipped to the action bounds.
@@ -260,7 +297,7 @@ def make_env(env_id: str, num_envs: int, *, num_copies: int = 1, max_episode_ste
         if brax_backend not in BRAX_BACKENDS:
             raise UsageError(f"unknown Brax backend '{brax_backend}'; choose one of {', '.join(BRAX_BACKENDS)}")
         base_reset, base_step, spec, close = _brax_env(env_id[5:], num_envs, max_episode_steps or 1000,
-                                                       brax_backend, brax_true_reset)
+                                                       brax_backend, brax_true_reset, video_dir, num_copies)
     elif env_id.startswith("gymnax/"):
         base_reset, base_step, spec, close = _gymnax_env(env_id[7:], num_envs, max_episode_steps)
     else:

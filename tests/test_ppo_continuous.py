@@ -170,16 +170,24 @@ def test_cli_gymnasium_trains_logs_saves_and_evaluates(tmp_path):
     assert any(r["metric"] == "eval/episodic_return" for r in read_metrics(eval_dir))
 
 
-def test_cli_brax_smoke(tmp_path):
+def test_cli_brax_smoke_with_video(tmp_path):
     out = run_script(tmp_path, "--env-id", "brax/inverted_pendulum", "--brax-backend", "positional",
                      "--num-envs", "16", "--num-steps", "32", "--num-minibatches", "4", "--update-epochs", "1",
                      "--total-timesteps", "2048", "--eval-every", "1024", "--num-eval-envs", "2",
-                     "--eval-max-episode-steps", "50", "--exp-name", "smoke")
+                     "--eval-max-episode-steps", "50", "--exp-name", "smoke", "--num-seeds", "2", "--capture-video")
     assert out.returncode == 0, out.stderr
-    (run_dir,) = (tmp_path / "runs").iterdir()
-    rows = read_metrics(run_dir)
+    first, second = sorted((tmp_path / "runs").iterdir())
+    rows = read_metrics(first)
     evals = [float(r["value"]) for r in rows if r["metric"] == "eval/episodic_return"]
     assert len(evals) == 2 and all(0 < v <= 50 for v in evals)  # eval envs use their own time limit
+    # the first episode of env 0 of the first seed in each evaluation, one frame per step
+    videos = sorted((first / "videos").glob("*.mp4"))
+    assert [v.name for v in videos] == ["rl-video-step-0.mp4", "rl-video-step-50.mp4"]
+    assert not (second / "videos").exists()
+    from moviepy import VideoFileClip
+    with VideoFileClip(str(videos[0])) as clip:
+        frames = round(clip.duration * clip.fps)
+    assert 1 <= frames <= 50 and clip.size == [320, 240]
 
 
 def test_cli_capture_video_and_offline_wandb(tmp_path):
