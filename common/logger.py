@@ -13,7 +13,7 @@ from tensorboardX import SummaryWriter
 from common.config import UsageError
 
 
-def run_name(env_id: str, exp_name: str, seed: int, stamp: int) -> str:
+def run_name(env_id: str, exp_name: str, seed: int | str, stamp: int) -> str:
     return f"{env_id.replace('/', '_')}__{exp_name}__{seed}__{stamp}"
 
 
@@ -78,6 +78,32 @@ class RunLogger:
         self.csv_file.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+class MeanLogger:
+    """Stands in for the loggers of many seeds that share one directory: each metric is written as the
+    mean over the seeds that logged it at a step, once the step changes (or on close)."""
+
+    def __init__(self, logger: RunLogger):
+        self.logger, self.step, self.values = logger, None, {}
+
+    def log(self, step: int, metrics: dict) -> None:
+        if step != self.step:
+            self.flush()
+            self.step = step
+        for key, value in metrics.items():
+            self.values.setdefault(key, []).append(float(value))
+
+    def flush(self) -> None:
+        if self.values:
+            self.logger.log(self.step, {k: np.mean(v) for k, v in self.values.items()})
+            self.values = {}
+
+    def close(self) -> None:  # called once per seed
+        if self.logger is not None:
+            self.flush()
+            self.logger.close()
+            self.logger = None
 
 
 def save_checkpoint(path: str, params, norm, config: dict) -> None:

@@ -13,7 +13,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common.logger import RunLogger, TrainProgress, prepare_run_dir, run_name, save_checkpoint
+from common.logger import MeanLogger, RunLogger, TrainProgress, prepare_run_dir, run_name, save_checkpoint
+
+# More runs than this share one directory per experiment name, logging the mean over their seeds: a
+# directory each would keep thousands of files and TensorBoard writer threads open.
+MAX_RUN_DIRS = 64
 
 
 def chunk_length(num_updates: int, target: int) -> int:
@@ -22,15 +26,23 @@ def chunk_length(num_updates: int, target: int) -> int:
 
 
 def open_runs(args, exp_names: list, seeds: list, configs: list) -> tuple:
-    """Create (never silently reuse) runs/{env}__{exp}__{seed}__{time} per run and open its logger."""
-    stamp = int(time.time())
-    names = [run_name(args.env_id, exp, seed, stamp) for exp, seed in zip(exp_names, seeds)]
+    """Create (never silently reuse) runs/{env}__{exp}__{seed}__{time} per run and open its logger; beyond
+    MAX_RUN_DIRS runs, runs/{env}__{exp}__seeds{first}-{last}__{time} per experiment name."""
+    stamp, grouped = int(time.time()), len(seeds) > MAX_RUN_DIRS
+    labels = list(seeds)
+    if grouped:
+        spans = {e: [s for x, s in zip(exp_names, seeds) if x == e] for e in exp_names}
+        labels = [f"seeds{min(spans[e])}-{max(spans[e])}" for e in exp_names]
+    names = [run_name(args.env_id, exp, label, stamp) for exp, label in zip(exp_names, labels)]
     run_dirs = [os.path.join("runs", n) for n in names]
-    for d in run_dirs:
-        prepare_run_dir(d, args.clear_out)
-    loggers = [RunLogger(d, n, c, args.track, args.wandb_project_name, args.wandb_entity)
-               for d, n, c in zip(run_dirs, names, configs)]
-    return run_dirs, loggers
+    by_dir = {}
+    for d, n, label, config in zip(run_dirs, names, labels, configs):
+        if d not in by_dir:
+            prepare_run_dir(d, args.clear_out)
+            logger = RunLogger(d, n, {**config, "seed": label}, args.track, args.wandb_project_name,
+                               args.wandb_entity)
+            by_dir[d] = MeanLogger(logger) if grouped else logger
+    return run_dirs, [by_dir[d] for d in run_dirs]
 
 
 def evaluate_runs(evaluate, state, seeds, step: int, loggers) -> np.ndarray:
@@ -43,9 +55,11 @@ def evaluate_runs(evaluate, state, seeds, step: int, loggers) -> np.ndarray:
 
 
 def save_runs(state, run_dirs, configs) -> None:
+    shared = len(set(run_dirs)) < len(run_dirs)
     for i, (d, config) in enumerate(zip(run_dirs, configs)):
         pick = lambda x: x[i]
-        save_checkpoint(os.path.join(d, "model.ckpt"), jax.tree.map(pick, state.params),
+        name = f"model_seed{config['seed']}.ckpt" if shared else "model.ckpt"
+        save_checkpoint(os.path.join(d, name), jax.tree.map(pick, state.params),
                         jax.tree.map(pick, state.env_state.norm), config)
 
 
