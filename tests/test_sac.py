@@ -200,3 +200,21 @@ def test_cli_brax_smoke_with_preset(tmp_path):
     evals = [float(r["value"]) for r in rows if r["metric"] == "eval/episodic_return"]
     assert len(evals) == 2 and all(0 < v <= 50 for v in evals)
     assert np.isfinite([float(r["value"]) for r in rows if r["metric"].startswith("losses/")]).all()
+
+
+def test_same_seed_same_run_and_updates_follow_the_schedule():
+    env = scripted_env()
+    args = sac.Args(env_id="scripted", num_envs=2, total_timesteps=40, learning_starts=10, batch_size=4,
+                    grad_updates_per_step=3, policy_frequency=2, actor_hidden=(8,), critic_hidden=(8,))
+    init, train_chunk, _ = sac.make_train(args, env, env, 5, 4)  # 4 log intervals of 5 vector steps
+    train_chunk = jax.jit(train_chunk)
+    (a, ma), (b, mb), (c, _) = (train_chunk(init(jax.random.PRNGKey(k))) for k in (0, 0, 1))
+    for x, y in zip(jax.tree.leaves((a.params, ma)), jax.tree.leaves((b.params, mb))):
+        np.testing.assert_array_equal(x, y)
+    assert not np.allclose(a.params["actor"][0]["w"], c.params["actor"][0]["w"])
+    # 10 random steps = 5 vector steps (the first log interval, no losses), then 15 vector steps x 3 Q
+    # updates; on every second Q update (23 of 45) the actor is updated policy_frequency = 2 times
+    assert int(a.iteration) == 20 and int(a.opt_state["qf"][0].count) == 45
+    assert int(a.opt_state["actor"][0].count) == 23 * 2
+    assert np.isnan(ma["losses/qf_loss"][0]) and np.isfinite(ma["losses/qf_loss"][1:]).all()
+    np.testing.assert_array_equal(a.params["qf"][0]["w"].shape, (2, 2, 8))  # twin Q: obs 1 + action 1
