@@ -2,6 +2,7 @@
 line override them. Bad input becomes a UsageError, which `run_main` turns into one line and exit 2."""
 import dataclasses
 import difflib
+import os
 import sys
 from typing import Any, Callable, Sequence
 
@@ -107,4 +108,8 @@ def run_main(main: Callable[[], None]) -> None:
     except KeyboardInterrupt:
         print("interrupted: logs are flushed and, with --save-model, the last completed update is saved",
               file=sys.stderr)
-        sys.exit(130)
+        # A compiled chunk may still be running and calling back into Python (Gymnasium envs); a normal
+        # interpreter shutdown under it segfaulted. Everything is written and closed by now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)

@@ -54,13 +54,12 @@ def evaluate_runs(evaluate, state, seeds, step: int, loggers) -> np.ndarray:
     return returns.mean(axis=1)
 
 
-def save_runs(state, run_dirs, configs) -> None:
+def save_runs(params, norm, run_dirs, configs) -> None:
     shared = len(set(run_dirs)) < len(run_dirs)
     for i, (d, config) in enumerate(zip(run_dirs, configs)):
         pick = lambda x: x[i]
         name = f"model_seed{config['seed']}.ckpt" if shared else "model.ckpt"
-        save_checkpoint(os.path.join(d, name), jax.tree.map(pick, state.params),
-                        jax.tree.map(pick, state.env_state.norm), config)
+        save_checkpoint(os.path.join(d, name), jax.tree.map(pick, params), jax.tree.map(pick, norm), config)
 
 
 def train_loop(args, state, train_chunk, evaluate, *, seeds, run_dirs, loggers, configs, batch_size: int,
@@ -71,11 +70,14 @@ def train_loop(args, state, train_chunk, evaluate, *, seeds, run_dirs, loggers, 
     progress = TrainProgress(num_updates * batch_size)
     global_step, next_eval, last_return = 0, args.eval_every, float("nan")
     eval_returns = np.full(len(loggers), np.nan)
+    completed = None  # host copy of (params, norm) after the last completed chunk, for the checkpoint
     start = time.time()
     try:
         for _ in range(num_updates // per_chunk):
             state, metrics = train_chunk(state)
             metrics = jax.device_get(metrics)
+            if args.save_model:  # the state itself may be donated to a chunk that never finishes
+                completed = jax.device_get((state.params, state.env_state.norm))
             episodes = metrics["episodes"]
             for u in range(per_chunk):
                 step = global_step + (u + 1) * batch_size
@@ -96,13 +98,13 @@ def train_loop(args, state, train_chunk, evaluate, *, seeds, run_dirs, loggers, 
             if global_step >= next_eval or global_step == num_updates * batch_size:
                 next_eval += args.eval_every * max(1, (global_step - next_eval) // args.eval_every + 1)
                 eval_returns = evaluate_runs(evaluate, state, seeds, global_step, loggers)
-                if args.save_model:
-                    save_runs(state, run_dirs, configs)
+                if completed is not None:
+                    save_runs(*completed, run_dirs, configs)
             progress.update(global_step, f"SPS {sps}  return {last_return:.1f}  eval {np.mean(eval_returns):.1f}")
     finally:
         progress.close()
-        if args.save_model:
-            save_runs(state, run_dirs, configs)
+        if completed is not None:
+            save_runs(*completed, run_dirs, configs)
         for logger in loggers:
             logger.close()
     print(f"done: {global_step} steps per run in {time.time() - start:.1f}s, final eval return "

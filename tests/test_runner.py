@@ -49,9 +49,7 @@ def test_many_runs_share_one_directory_per_experiment_and_log_means(tmp_path, mo
 
     norm = jax.tree.map(lambda x: jnp.broadcast_to(x, (2 * n,) + x.shape),
                         NormStats(init_stats((1,)), init_stats(())))
-    state = types.SimpleNamespace(params={"w": jnp.arange(2 * n, dtype=jnp.float32)},
-                                  env_state=types.SimpleNamespace(norm=norm))
-    runner.save_runs(state, run_dirs, [{"seed": s} for s in seeds])
+    runner.save_runs({"w": jnp.arange(2 * n, dtype=jnp.float32)}, norm, run_dirs, [{"seed": s} for s in seeds])
     ckpt = load_checkpoint(f"{run_dirs[-1]}/model_seed{n}.ckpt")  # last seed of the second experiment
     assert ckpt["params"]["w"] == 2 * n - 1 and ckpt["config"]["seed"] == n
     assert len(list((tmp_path / run_dirs[0]).glob("model_seed*.ckpt"))) == n

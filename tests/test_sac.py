@@ -218,3 +218,26 @@ def test_same_seed_same_run_and_updates_follow_the_schedule():
     assert int(a.opt_state["actor"][0].count) == 23 * 2
     assert np.isnan(ma["losses/qf_loss"][0]) and np.isfinite(ma["losses/qf_loss"][1:]).all()
     np.testing.assert_array_equal(a.params["qf"][0]["w"].shape, (2, 2, 8))  # twin Q: obs 1 + action 1
+
+
+def test_interrupt_mid_chunk_keeps_logs_and_last_completed_checkpoint(tmp_path):
+    # the chunk's state is donated, so the checkpoint must come from the last chunk that finished
+    import signal
+    import time
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "sac.py"), "--env-id", "Pendulum-v1",
+                             "--total-timesteps", "2000000", "--learning-starts", "100", "--log-every", "100",
+                             "--eval-every", "500", "--num-eval-envs", "2", "--batch-size", "64", "--save-model"],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline, logged = time.time() + 240, 0
+    while time.time() < deadline and logged < 40:
+        time.sleep(0.5)
+        csvs = list(tmp_path.glob("runs/*/metrics.csv"))
+        logged = len(read_metrics(csvs[0].parent)) if csvs else 0
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in err, err[-2000:]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert len(read_metrics(run_dir)) >= logged >= 40
+    ckpt = sac.load_checkpoint(str(run_dir / "model.ckpt"))
+    assert set(ckpt["params"]) == {"actor", "qf", "qf_target", "log_alpha"}
+    assert np.isfinite(ckpt["params"]["actor"][0]["w"]).all()
