@@ -411,6 +411,8 @@ def main():
         for name in ("env_id", "actor_hidden", "critic_hidden", "normalize_obs"):
             setattr(args, name, type(getattr(args, name))(ckpt["config"][name]))
     check_args(args)
+    if args.eval_only:  # nothing is learnt: a replay buffer of one step instead of gigabytes
+        args.buffer_size = args.num_envs
     setup_jax()
 
     if args.capture_video:

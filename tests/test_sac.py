@@ -184,7 +184,7 @@ def test_cli_gymnasium_logs_cleanrl_metrics_saves_and_evaluates(tmp_path):
     out = run_script(tmp_path, "--load-model", str(run_dirs[1] / "model.ckpt"), "--eval-only",
                      "--num-eval-envs", "2")
     assert out.returncode == 0, out.stderr
-    assert "eval/episodic_return" in out.stdout
+    assert "eval/episodic_return" in out.stdout and "replay buffer: 1 transitions" in out.stdout
 
 
 def test_cli_brax_smoke_with_preset(tmp_path):
