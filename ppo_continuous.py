@@ -20,7 +20,7 @@ from common.config import UsageError, check_positive, parse_args, run_main, setu
 from common.envs import EpisodeStats, make_env
 from common.logger import load_checkpoint
 from common.networks import ACTIVATIONS, mlp_apply, mlp_init
-from common.runner import chunk_length, evaluate_runs, open_runs, train_loop
+from common.runner import chunk_length, evaluate_runs, jit_chunk, make_evaluate, open_runs, train_loop
 
 
 @dataclass
@@ -283,22 +283,10 @@ def make_train(args, env, eval_env, updates_per_chunk):
     def train_chunk(state):
         return jax.lax.scan(update_step, state, None, updates_per_chunk)
 
-    def evaluate(params, norm, key):
-        env_state, obs = eval_env.reset(key, norm)
+    def mean_action(params, obs):  # evaluation acts deterministically
+        return mlp_apply(params["actor"], obs, args.activation)
 
-        def step(carry, _):
-            env_state, obs, returns, finished = carry
-            action = mlp_apply(params["actor"], obs, args.activation)
-            env_state, obs, _, _, _, _, ep = eval_env.step(env_state, action)
-            returns = jnp.where(ep.done & ~finished, ep.episode_return, returns)
-            return (env_state, obs, returns, finished | ep.done), None
-
-        zeros = jnp.zeros(eval_env.num_envs)
-        (_, _, returns, _), _ = jax.lax.scan(step, (env_state, obs, zeros, zeros.astype(bool)), None,
-                                             eval_env.spec.max_episode_steps)
-        return returns
-
-    return init, train_chunk, evaluate
+    return init, train_chunk, make_evaluate(eval_env, mean_action)
 
 
 
@@ -358,8 +346,7 @@ def main():
     # Not jitted: compiled, the orthogonal init (LAPACK) ran beside the Gymnasium reset callback and hung
     # about every other run with 2 seeds (gone with OPENBLAS_NUM_THREADS=1); op by op they run in turn.
     state = jax.vmap(init, in_axes=(0, None, None))(keys, params, norm)
-    on_accelerator = jax.default_backend() != "cpu"
-    train_chunk = jax.jit(jax.vmap(train_chunk), donate_argnums=(0,) if on_accelerator else ())
+    train_chunk = jit_chunk(jax.vmap(train_chunk), donate=jax.default_backend() != "cpu")
     evaluate = jax.jit(jax.vmap(evaluate))
     try:
         if args.eval_only:

@@ -20,7 +20,7 @@ from common.config import UsageError, check_positive, parse_args, run_main, setu
 from common.envs import make_env, normalize, update_stats
 from common.logger import load_checkpoint
 from common.networks import mlp_apply, mlp_init_torch
-from common.runner import chunk_length, evaluate_runs, open_runs, train_loop
+from common.runner import chunk_length, evaluate_runs, jit_chunk, make_evaluate, open_runs, train_loop
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
@@ -320,21 +320,7 @@ def make_train(args, env, eval_env, iterations_per_log, logs_per_chunk):
     def train_chunk(state):
         return jax.lax.scan(log_interval, state, None, logs_per_chunk)
 
-    def evaluate(params, norm, key):
-        env_state, obs = eval_env.reset(key, norm)
-
-        def step(carry, _):
-            env_state, obs, returns, finished = carry
-            env_state, obs, _, _, _, _, ep = eval_env.step(env_state, mean_action(params["actor"], obs))
-            returns = jnp.where(ep.done & ~finished, ep.episode_return, returns)
-            return (env_state, obs, returns, finished | ep.done), None
-
-        zeros = jnp.zeros(eval_env.num_envs)
-        (_, _, returns, _), _ = jax.lax.scan(step, (env_state, obs, zeros, zeros.astype(bool)), None,
-                                             eval_env.spec.max_episode_steps)
-        return returns
-
-    return init, train_chunk, evaluate
+    return init, train_chunk, make_evaluate(eval_env, lambda params, obs: mean_action(params["actor"], obs))
 
 
 def check_args(args):
@@ -385,23 +371,10 @@ AXES = TrainState(0, 0, 0, 0, 0, 0, None)  # vmap axes: the step counter is shar
 
 
 def vmap_runs(init, train_chunk):
-    """`init(keys, params, norm)` and a compiled `train_chunk(state)` over a leading axis of runs. The
-    chunk's state is donated, so the replay buffer is updated in place instead of copied every chunk."""
-    compiled = jax.jit(jax.vmap(train_chunk, in_axes=(AXES,), out_axes=(AXES, 0)), donate_argnums=(0,))
-
-    def unalias(tree):  # XLA refuses to donate one array twice, and Brax states share some
-        seen = set()
-
-        def fresh(x):
-            if id(x) in seen:
-                return jnp.copy(x)
-            seen.add(id(x))
-            return x
-
-        return jax.tree.map(fresh, tree)
-
-    # init is not jitted, see ppo_continuous.py
-    return jax.vmap(init, in_axes=(0, None, None), out_axes=AXES), lambda state: compiled(unalias(state))
+    """`init(keys, params, norm)` and a compiled, donated `train_chunk(state)` over a leading axis of runs,
+    so the replay buffer is updated in place. init is not jitted, see ppo_continuous.py."""
+    return (jax.vmap(init, in_axes=(0, None, None), out_axes=AXES),
+            jit_chunk(jax.vmap(train_chunk, in_axes=(AXES,), out_axes=(AXES, 0)), donate=True))
 
 
 def main():

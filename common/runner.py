@@ -25,6 +25,47 @@ def chunk_length(num_updates: int, target: int) -> int:
     return max(d for d in range(1, max(1, min(target, num_updates)) + 1) if num_updates % d == 0)
 
 
+def jit_chunk(vmapped_chunk, donate: bool):
+    """Compile a vmapped `train_chunk`. Donated, its state is updated in place instead of copied every
+    chunk (a replay buffer, big batches on a GPU)."""
+    if not donate:
+        return jax.jit(vmapped_chunk)
+    compiled = jax.jit(vmapped_chunk, donate_argnums=(0,))
+
+    def unalias(tree):  # XLA refuses to donate one array twice; Brax states share arrays (e.g. obs)
+        seen = set()
+
+        def fresh(x):
+            if id(x) in seen:
+                return jnp.copy(x)
+            seen.add(id(x))
+            return x
+
+        return jax.tree.map(fresh, tree)
+
+    return lambda state: compiled(unalias(state))
+
+
+def make_evaluate(eval_env, act):
+    """`evaluate(params, norm, key) -> returns`: one episode per eval env with the deterministic action
+    `act(params, obs)` and frozen normalisation; each env's first episode counts."""
+    def evaluate(params, norm, key):
+        env_state, obs = eval_env.reset(key, norm)
+
+        def step(carry, _):
+            env_state, obs, returns, finished = carry
+            env_state, obs, _, _, _, _, ep = eval_env.step(env_state, act(params, obs))
+            returns = jnp.where(ep.done & ~finished, ep.episode_return, returns)
+            return (env_state, obs, returns, finished | ep.done), None
+
+        zeros = jnp.zeros(eval_env.num_envs)
+        (_, _, returns, _), _ = jax.lax.scan(step, (env_state, obs, zeros, zeros.astype(bool)), None,
+                                             eval_env.spec.max_episode_steps)
+        return returns
+
+    return evaluate
+
+
 def open_runs(args, exp_names: list, seeds: list, configs: list) -> tuple:
     """Create (never silently reuse) runs/{env}__{exp}__{seed}__{time} per run and open its logger; beyond
     MAX_RUN_DIRS runs, runs/{env}__{exp}__seeds{first}-{last}__{time} per experiment name."""

@@ -53,3 +53,11 @@ def test_many_runs_share_one_directory_per_experiment_and_log_means(tmp_path, mo
     ckpt = load_checkpoint(f"{run_dirs[-1]}/model_seed{n}.ckpt")  # last seed of the second experiment
     assert ckpt["params"]["w"] == 2 * n - 1 and ckpt["config"]["seed"] == n
     assert len(list((tmp_path / run_dirs[0]).glob("model_seed*.ckpt"))) == n
+
+
+def test_donated_chunk_accepts_a_state_that_shares_arrays():
+    # a Brax state shares arrays (its obs is also the script's obs); XLA refuses to donate one twice
+    chunk = runner.jit_chunk(lambda s: (jax.tree.map(lambda x: x + 1, s), None), donate=True)
+    shared = jnp.ones(3)
+    state, _ = chunk({"obs": shared, "inner": {"obs": shared}})
+    np.testing.assert_array_equal(state["inner"]["obs"], [2, 2, 2])
