@@ -111,14 +111,14 @@ def train_loop(args, state, train_chunk, evaluate, *, seeds, run_dirs, loggers, 
     progress = TrainProgress(num_updates * batch_size)
     global_step, next_eval, last_return = 0, args.eval_every, float("nan")
     eval_returns = np.full(len(loggers), np.nan)
-    completed = None  # host copy of (params, norm) after the last completed chunk, for the checkpoint
+    completed, saved = None, False  # host copy of (params, norm) after the last completed chunk
     start = time.time()
     try:
         for _ in range(num_updates // per_chunk):
             state, metrics = train_chunk(state)
             metrics = jax.device_get(metrics)
             if args.save_model:  # the state itself may be donated to a chunk that never finishes
-                completed = jax.device_get((state.params, state.env_state.norm))
+                completed, saved = jax.device_get((state.params, state.env_state.norm)), False
             episodes = metrics["episodes"]
             for u in range(per_chunk):
                 step = global_step + (u + 1) * batch_size
@@ -141,10 +141,11 @@ def train_loop(args, state, train_chunk, evaluate, *, seeds, run_dirs, loggers, 
                 eval_returns = evaluate_runs(evaluate, state, seeds, global_step, loggers)
                 if completed is not None:
                     save_runs(*completed, run_dirs, configs)
+                    saved = True
             progress.update(global_step, f"SPS {sps}  return {last_return:.1f}  eval {np.mean(eval_returns):.1f}")
     finally:
         progress.close()
-        if completed is not None:
+        if completed is not None and not saved:  # the end of training was saved with its evaluation
             save_runs(*completed, run_dirs, configs)
         for logger in loggers:
             logger.close()
