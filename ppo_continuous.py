@@ -343,9 +343,7 @@ def main():
     init, train_chunk, evaluate = make_train(args, env, eval_env, per_chunk)
     keys = jax.vmap(jax.random.PRNGKey)(jnp.array(seeds))
     params, norm = (ckpt["params"], ckpt["norm"]) if ckpt else (None, None)
-    # Not jitted: compiled, the orthogonal init (LAPACK) ran beside the Gymnasium reset callback and hung
-    # about every other run with 2 seeds (gone with OPENBLAS_NUM_THREADS=1); op by op they run in turn.
-    state = jax.vmap(init, in_axes=(0, None, None))(keys, params, norm)
+    state = jax.jit(jax.vmap(init, in_axes=(0, None, None)))(keys, params, norm)
     train_chunk = jit_chunk(jax.vmap(train_chunk), donate=jax.default_backend() != "cpu")
     evaluate = jax.jit(jax.vmap(evaluate))
     try:

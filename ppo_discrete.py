@@ -372,8 +372,7 @@ def main():
     base = {k: getattr(args, k) for k in SWEEPABLE if getattr(args, k) is not None}
     hp = {k: jnp.array([s.get(k, v) for s, _ in runs], jnp.float32) for k, v in base.items()}
     params, norm = (ckpt["params"], ckpt["norm"]) if ckpt else (None, None)
-    # not jitted, see ppo_continuous.py: the compiled init hung beside the Gymnasium reset callback
-    state = jax.vmap(init, in_axes=(0, 0, None, None))(keys, hp, params, norm)
+    state = jax.jit(jax.vmap(init, in_axes=(0, 0, None, None)))(keys, hp, params, norm)
     train_chunk = jit_chunk(jax.vmap(train_chunk), donate=jax.default_backend() != "cpu")
     evaluate = jax.jit(jax.vmap(evaluate))
     try:

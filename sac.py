@@ -372,8 +372,8 @@ AXES = TrainState(0, 0, 0, 0, 0, 0, None)  # vmap axes: the step counter is shar
 
 def vmap_runs(init, train_chunk):
     """`init(keys, params, norm)` and a compiled, donated `train_chunk(state)` over a leading axis of runs,
-    so the replay buffer is updated in place. init is not jitted, see ppo_continuous.py."""
-    return (jax.vmap(init, in_axes=(0, None, None), out_axes=AXES),
+    so the replay buffer is updated in place."""
+    return (jax.jit(jax.vmap(init, in_axes=(0, None, None), out_axes=AXES)),
             jit_chunk(jax.vmap(train_chunk, in_axes=(AXES,), out_axes=(AXES, 0)), donate=True))
 
 

@@ -6,14 +6,34 @@ import numpy as np
 ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu, "swish": jax.nn.swish, "elu": jax.nn.elu}
 
 
+def orthonormal_columns(z: jax.Array) -> jax.Array:
+    """Gram-Schmidt on the columns of `z` (..., rows, cols): the Q of its QR decomposition with R's diagonal
+    positive, as jax.nn.initializers.orthogonal makes it. All-zero columns stay zero."""
+    def column(q, j):  # q holds the finished columns, zeros after them
+        v = z[..., j]
+        for _ in range(2):  # the second pass removes what rounding left of the first ("twice is enough")
+            v = v - jnp.einsum("...rc,...c->...r", q, jnp.einsum("...rc,...r->...c", q, v))
+        v = v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-30)
+        return q.at[..., j].set(v), None
+
+    return jax.lax.scan(column, jnp.zeros_like(z), jnp.arange(z.shape[-1]))[0]
+
+
 def mlp_init(key: jax.Array, sizes: tuple, out_scale: float, hidden_scale: float = float(np.sqrt(2))) -> list:
-    """Orthogonal weights with gain `hidden_scale` (last layer `out_scale`) and zero biases, as in CleanRL."""
-    keys = jax.random.split(key, len(sizes) - 1)
+    """Orthogonal weights with gain `hidden_scale` (last layer `out_scale`) and zero biases, as in CleanRL.
+    One Gaussian draw and one Gram-Schmidt loop serve all layers (zero-padded to one shape): on CPU each
+    random draw or LAPACK QR per layer added compile time, and vmapped QR calls deadlocked XLA's threads."""
+    shapes = [(max(n_in, n_out), min(n_in, n_out)) for n_in, n_out in zip(sizes[:-1], sizes[1:])]
+    rows, cols = max(r for r, _ in shapes), max(c for _, c in shapes)
+    mask = np.zeros((len(shapes), rows, cols), np.float32)
+    for i, (r, c) in enumerate(shapes):
+        mask[i, :r, :c] = 1
+    q = orthonormal_columns(jax.random.normal(key, mask.shape, jnp.float32) * mask)
     layers = []
-    for i, (k, n_in, n_out) in enumerate(zip(keys, sizes[:-1], sizes[1:])):
-        scale = out_scale if i == len(sizes) - 2 else hidden_scale
-        w = jax.nn.initializers.orthogonal(scale)(k, (n_in, n_out), jnp.float32)
-        layers.append({"w": w, "b": jnp.zeros(n_out, jnp.float32)})
+    for i, ((r, c), n_in, n_out) in enumerate(zip(shapes, sizes[:-1], sizes[1:])):
+        w = q[i, :r, :c] if n_in >= n_out else q[i, :r, :c].T
+        scale = out_scale if i == len(shapes) - 1 else hidden_scale
+        layers.append({"w": scale * w, "b": jnp.zeros(n_out, jnp.float32)})
     return layers
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import ppo_discrete
-from common.config import run_main
+from common.config import run_main, setup_jax
 from common.envs import make_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,6 +25,23 @@ def test_gymnax_cartpole_learns_to_475():
     returns = evaluate(state.params, state.env_state.norm, jax.random.PRNGKey(1))
     assert returns.mean() >= 475, returns
     assert metrics["episodes"][-10:].sum() > 0
+
+
+def test_seed_in_a_batch_repeats_the_seed_alone():
+    # --num-seeds 2 --seed 1 trains seeds 1 and 2 in one vmapped program; seed 2 must match a lone --seed 2
+    setup_jax()  # the scripts' PRNG settings
+    args = ppo_discrete.Args(env_id="gymnax/CartPole-v1", total_timesteps=2 * 512)
+    env = make_env(args.env_id, args.num_envs)
+    init, train_chunk, _ = ppo_discrete.make_train(args, env, make_env(args.env_id, 2, freeze_stats=True), 2)
+
+    def train(seeds):
+        hp = {k: jnp.full(len(seeds), getattr(args, k), jnp.float32) for k in ppo_discrete.SWEEPABLE}
+        state = jax.vmap(init)(jax.vmap(jax.random.PRNGKey)(jnp.array(seeds)), hp)
+        return jax.jit(jax.vmap(train_chunk))(state)[0].params
+
+    both, alone = train([1, 2]), train([2])
+    for a, b in zip(jax.tree.leaves(both), jax.tree.leaves(alone)):
+        np.testing.assert_allclose(a[1], b[0], rtol=1e-5, atol=1e-6)
 
 
 def cli(monkeypatch, capsys, *argv):
