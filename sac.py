@@ -20,7 +20,8 @@ from common.config import UsageError, check_positive, parse_args, run_main, setu
 from common.envs import make_env, normalize, update_stats
 from common.logger import load_checkpoint
 from common.networks import mlp_apply, mlp_init_torch
-from common.runner import chunk_length, evaluate_runs, jit_chunk, make_evaluate, open_runs, train_loop
+from common.runner import (chunk_length, evaluate_runs, jit_chunk, make_evaluate, open_runs, spread_runs,
+                           train_loop)
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
@@ -423,7 +424,7 @@ def main():
     keys = jax.vmap(jax.random.PRNGKey)(jnp.array(seeds))
     params, norm = (ckpt["params"], ckpt["norm"]) if ckpt else (None, None)
     init, train_chunk = vmap_runs(init, train_chunk)
-    state = init(keys, params, norm)
+    state = spread_runs(args, init(keys, params, norm), len(seeds))
     evaluate = jax.jit(jax.vmap(evaluate))
     try:
         if args.eval_only:

@@ -3,7 +3,8 @@
     python benchmarks/ppo_discrete_speed.py [--seeds 1 8] [--steps 500000]
 
 Times the compiled program only (init + all updates + final evaluation, one jit call each), in a fresh
-compile per seed count; per-update logging of the script is not included. Prints the final eval return.
+compile per seed count, with the seeds spread over the devices as the script does (one XLA CPU device per
+core); per-update logging of the script is not included. Prints the final eval return.
 """
 import argparse
 import os
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common.config import setup_jax  # noqa: E402
 from common.envs import make_env  # noqa: E402
+from common.runner import spread_runs  # noqa: E402
 from ppo_discrete import SWEEPABLE, Args, make_train  # noqa: E402
 
 
@@ -28,7 +30,7 @@ def run(num_seeds, steps):
     hp = {k: jnp.full(num_seeds, getattr(args, k), jnp.float32) for k in SWEEPABLE}
     keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(num_seeds))
     start = time.perf_counter()
-    state = jax.jit(jax.vmap(init))(keys, hp)
+    state = spread_runs(args, jax.jit(jax.vmap(init))(keys, hp), num_seeds)
     state, _ = jax.jit(jax.vmap(train_chunk))(state)
     returns = jax.jit(jax.vmap(evaluate))(state.params, state.env_state.norm, keys)
     returns.block_until_ready()
@@ -41,7 +43,7 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--steps", type=int, default=500_000)
     opts = parser.parse_args()
-    print(f"jax {jax.__version__} on {jax.default_backend()}, {os.cpu_count()} cores")
+    print(f"jax {jax.__version__} on {jax.default_backend()}, {os.cpu_count()} cores, {jax.device_count()} devices")
     for n in opts.seeds:
         seconds, ret, steps = run(n, opts.steps)
         print(f"{n:>5} seed(s) x {steps:,} steps: {seconds:6.1f} s incl. compile, final eval return {ret:.1f}",

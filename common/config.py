@@ -95,6 +95,10 @@ def setup_jax() -> None:
     jax.config.update("jax_default_matmul_precision", "highest")  # TF32 on GPUs breaks RL training
     # The PRNG stays JAX's default threefry: RngBitGenerator ("rbg") keys draw every vmapped seed's bits
     # from the first seed's key, so seed 2 of a --num-seeds run would not repeat a lone --seed 2 run.
+    try:  # one XLA CPU device per core, so runs can be spread over all cores (common.runner.spread_runs)
+        jax.config.update("jax_num_cpu_devices", len(os.sched_getaffinity(0)))
+    except RuntimeError:  # JAX has already computed something in this process (tests): keep its devices
+        pass
 
 
 def run_main(main: Callable[[], None]) -> None:

@@ -36,8 +36,9 @@ def _wandb_reachable(timeout: float = 3.0) -> bool:
 
 
 class RunLogger:
-    """Writes every metric to TensorBoard and `metrics.csv` (long format) in the run directory, flushed
-    after each call so an interrupted run keeps what it logged."""
+    """Writes every metric to TensorBoard and `metrics.csv` (long format) in the run directory. The training
+    loop flushes after every chunk and on close, so an interrupted run keeps what it logged (flushing every
+    row, with TensorBoard's fsync, took a third of an 8-seed CartPole run)."""
 
     def __init__(self, path: str, name: str, config: dict, track: bool = False,
                  wandb_project: str = "cleanRL", wandb_entity: str | None = None):
@@ -54,7 +55,7 @@ class RunLogger:
                                     dir=path, mode=mode, save_code=True, reinit="create_new",
                                     settings=wandb.Settings(init_timeout=30))
             self.wandb.define_metric("*", step_metric="global_step")
-        self.writer = SummaryWriter(path)
+        self.writer = SummaryWriter(path, max_queue=100_000)
         self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" +
                              "\n".join(f"|{k}|{v}|" for k, v in config.items()))
         new = not os.path.exists(os.path.join(path, "metrics.csv"))
@@ -70,6 +71,8 @@ class RunLogger:
             self.csv.writerow([step, key, float(value), round(now, 3)])
         if self.wandb is not None:
             self.wandb.log({**{k: float(v) for k, v in metrics.items()}, "global_step": step})
+
+    def flush(self) -> None:
         self.writer.flush()
         self.csv_file.flush()
 
@@ -89,19 +92,24 @@ class MeanLogger:
 
     def log(self, step: int, metrics: dict) -> None:
         if step != self.step:
-            self.flush()
+            self.write_means()
             self.step = step
         for key, value in metrics.items():
             self.values.setdefault(key, []).append(float(value))
 
-    def flush(self) -> None:
+    def write_means(self) -> None:
         if self.values:
             self.logger.log(self.step, {k: np.mean(v) for k, v in self.values.items()})
             self.values = {}
 
+    def flush(self) -> None:
+        if self.logger is not None:
+            self.write_means()
+            self.logger.flush()
+
     def close(self) -> None:  # called once per seed
         if self.logger is not None:
-            self.flush()
+            self.write_means()
             self.logger.close()
             self.logger = None
 

@@ -46,6 +46,20 @@ def jit_chunk(vmapped_chunk, donate: bool):
     return lambda state: compiled(unalias(state))
 
 
+def spread_runs(args, state, num_runs: int):
+    """Split the leading runs axis of `state` evenly over the devices (every CPU core, see setup_jax, or
+    several GPUs), so each trains its share of the runs at the same time; jit follows the placement.
+    Envs stepped on the host (Gymnasium callbacks) and video recording stay on one device."""
+    devices = jax.devices()
+    on_device = args.env_id.startswith(("gymnax/", "brax/")) and not args.capture_video
+    if len(devices) == 1 or num_runs % len(devices) or not on_device:
+        return state
+    mesh = jax.sharding.Mesh(np.array(devices), ("runs",))
+    split, copy = (jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*axes)) for axes in (["runs"], []))
+    return jax.device_put(state, jax.tree.map(lambda x: split if x.ndim and x.shape[0] == num_runs else copy,
+                                              state))
+
+
 def make_evaluate(eval_env, act):
     """`evaluate(params, norm, key) -> returns`: one episode per eval env with the deterministic action
     `act(params, obs)` and frozen normalisation; each env's first episode counts."""
@@ -142,6 +156,8 @@ def train_loop(args, state, train_chunk, evaluate, *, seeds, run_dirs, loggers, 
                 if completed is not None:
                     save_runs(*completed, run_dirs, configs)
                     saved = True
+            for logger in {id(logger): logger for logger in loggers}.values():  # seeds may share one
+                logger.flush()
             progress.update(global_step, f"SPS {sps}  return {last_return:.1f}  eval {np.mean(eval_returns):.1f}")
     finally:
         progress.close()
