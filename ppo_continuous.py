@@ -20,8 +20,8 @@ from common.config import UsageError, check_positive, parse_args, run_main, setu
 from common.envs import EpisodeStats, make_env
 from common.logger import load_checkpoint
 from common.networks import ACTIVATIONS, mlp_apply, mlp_init
-from common.runner import (chunk_length, evaluate_runs, jit_chunk, make_evaluate, open_runs, spread_runs,
-                           train_loop)
+from common.runner import (chunk_length, evaluate_runs, jit, jit_chunk, make_evaluate, open_runs,
+                           spread_runs, train_loop)
 
 
 @dataclass
@@ -344,9 +344,9 @@ def main():
     init, train_chunk, evaluate = make_train(args, env, eval_env, per_chunk)
     keys = jax.vmap(jax.random.PRNGKey)(jnp.array(seeds))
     params, norm = (ckpt["params"], ckpt["norm"]) if ckpt else (None, None)
-    state = spread_runs(args, jax.jit(jax.vmap(init, in_axes=(0, None, None)))(keys, params, norm), len(seeds))
+    state = spread_runs(args, jit(jax.vmap(init, in_axes=(0, None, None)))(keys, params, norm), len(seeds))
     train_chunk = jit_chunk(jax.vmap(train_chunk), donate=jax.default_backend() != "cpu")
-    evaluate = jax.jit(jax.vmap(evaluate))
+    evaluate = jit(jax.vmap(evaluate))
     try:
         if args.eval_only:
             returns = evaluate_runs(evaluate, state, seeds, 0, loggers)

@@ -22,8 +22,8 @@ from common.config import UsageError, check_positive, parse_args, run_main, setu
 from common.envs import EpisodeStats, make_env
 from common.logger import load_checkpoint
 from common.networks import ACTIVATIONS, mlp_apply, mlp_init
-from common.runner import (chunk_length, evaluate_runs, jit_chunk, make_evaluate, open_runs, spread_runs,
-                           train_loop)
+from common.runner import (chunk_length, evaluate_runs, jit, jit_chunk, make_evaluate, open_runs,
+                           spread_runs, train_loop)
 
 # float knobs that --sweep can vary inside one compiled program (they are traced, not baked in)
 SWEEPABLE = ("learning_rate", "ent_coef", "clip_coef", "vf_coef", "gamma", "gae_lambda", "max_grad_norm")
@@ -373,10 +373,10 @@ def main():
     base = {k: getattr(args, k) for k in SWEEPABLE if getattr(args, k) is not None}
     hp = {k: jnp.array([s.get(k, v) for s, _ in runs], jnp.float32) for k, v in base.items()}
     params, norm = (ckpt["params"], ckpt["norm"]) if ckpt else (None, None)
-    state = spread_runs(args, jax.jit(jax.vmap(init, in_axes=(0, 0, None, None)))(keys, hp, params, norm),
+    state = spread_runs(args, jit(jax.vmap(init, in_axes=(0, 0, None, None)))(keys, hp, params, norm),
                         len(runs))
     train_chunk = jit_chunk(jax.vmap(train_chunk), donate=jax.default_backend() != "cpu")
-    evaluate = jax.jit(jax.vmap(evaluate))
+    evaluate = jit(jax.vmap(evaluate))
     try:
         if args.eval_only:
             returns = evaluate_runs(evaluate, state, seeds, 0, loggers)

@@ -20,8 +20,8 @@ from common.config import UsageError, check_positive, parse_args, run_main, setu
 from common.envs import make_env, normalize, update_stats
 from common.logger import load_checkpoint
 from common.networks import mlp_apply, mlp_init_torch
-from common.runner import (chunk_length, evaluate_runs, jit_chunk, make_evaluate, open_runs, spread_runs,
-                           train_loop)
+from common.runner import (chunk_length, evaluate_runs, jit, jit_chunk, make_evaluate, open_runs,
+                           spread_runs, train_loop)
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
@@ -374,7 +374,7 @@ AXES = TrainState(0, 0, 0, 0, 0, 0, None)  # vmap axes: the step counter is shar
 def vmap_runs(init, train_chunk):
     """`init(keys, params, norm)` and a compiled, donated `train_chunk(state)` over a leading axis of runs,
     so the replay buffer is updated in place."""
-    return (jax.jit(jax.vmap(init, in_axes=(0, None, None), out_axes=AXES)),
+    return (jit(jax.vmap(init, in_axes=(0, None, None), out_axes=AXES)),
             jit_chunk(jax.vmap(train_chunk, in_axes=(AXES,), out_axes=(AXES, 0)), donate=True))
 
 
@@ -425,7 +425,7 @@ def main():
     params, norm = (ckpt["params"], ckpt["norm"]) if ckpt else (None, None)
     init, train_chunk = vmap_runs(init, train_chunk)
     state = spread_runs(args, init(keys, params, norm), len(seeds))
-    evaluate = jax.jit(jax.vmap(evaluate))
+    evaluate = jit(jax.vmap(evaluate))
     try:
         if args.eval_only:
             returns = evaluate_runs(evaluate, state, seeds, 0, loggers)

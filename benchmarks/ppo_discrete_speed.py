@@ -17,7 +17,7 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common.config import setup_jax  # noqa: E402
 from common.envs import make_env  # noqa: E402
-from common.runner import spread_runs  # noqa: E402
+from common.runner import jit, spread_runs  # noqa: E402
 from ppo_discrete import SWEEPABLE, Args, make_train  # noqa: E402
 
 
@@ -30,9 +30,9 @@ def run(num_seeds, steps):
     hp = {k: jnp.full(num_seeds, getattr(args, k), jnp.float32) for k in SWEEPABLE}
     keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(num_seeds))
     start = time.perf_counter()
-    state = spread_runs(args, jax.jit(jax.vmap(init))(keys, hp), num_seeds)
-    state, _ = jax.jit(jax.vmap(train_chunk))(state)
-    returns = jax.jit(jax.vmap(evaluate))(state.params, state.env_state.norm, keys)
+    state = spread_runs(args, jit(jax.vmap(init))(keys, hp), num_seeds)
+    state, _ = jit(jax.vmap(train_chunk))(state)
+    returns = jit(jax.vmap(evaluate))(state.params, state.env_state.norm, keys)
     returns.block_until_ready()
     return time.perf_counter() - start, float(returns.mean()), num_updates * args.num_envs * args.num_steps
 

@@ -21,6 +21,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common.config import parse_args, setup_jax  # noqa: E402
 from common.envs import make_env  # noqa: E402
+from common.runner import jit  # noqa: E402
 from ppo_continuous import Args, make_train  # noqa: E402
 
 PRESET = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -54,7 +55,7 @@ def ppo_rates(env_id, num_envs, updates):
                                      "--update-epochs", "1", "--num-minibatches", "1"])
     _, rollout_chunk, _ = make_train(rollout_args, env, eval_env, 1)
 
-    chunk = jax.jit(train_chunk)
+    chunk = jit(train_chunk)
     start = time.perf_counter()
     state, _ = chunk(state)
     jax.block_until_ready(state)
@@ -65,7 +66,7 @@ def ppo_rates(env_id, num_envs, updates):
     jax.block_until_ready(state)
     train_sps = updates * batch / (time.perf_counter() - start)
 
-    rollout = jax.jit(rollout_chunk)
+    rollout = jit(rollout_chunk)
     state, _ = rollout(state)
     jax.block_until_ready(state)
     start = time.perf_counter()

@@ -25,12 +25,19 @@ def chunk_length(num_updates: int, target: int) -> int:
     return max(d for d in range(1, max(1, min(target, num_updates)) + 1) if num_updates % d == 0)
 
 
+def jit(fn, **kwargs):
+    """jax.jit, with LLVM at -O1 instead of -O3 on a CPU: the small fused kernels of these programs run as
+    fast and XLA compiles them sooner (gymnax CartPole 500k steps incl. compile: 9.4 -> 8.0 s, 1 seed)."""
+    options = {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
+    return jax.jit(fn, compiler_options=options, **kwargs)
+
+
 def jit_chunk(vmapped_chunk, donate: bool):
     """Compile a vmapped `train_chunk`. Donated, its state is updated in place instead of copied every
     chunk (a replay buffer, big batches on a GPU)."""
     if not donate:
-        return jax.jit(vmapped_chunk)
-    compiled = jax.jit(vmapped_chunk, donate_argnums=(0,))
+        return jit(vmapped_chunk)
+    compiled = jit(vmapped_chunk, donate_argnums=(0,))
 
     def unalias(tree):  # XLA refuses to donate one array twice; Brax states share arrays (e.g. obs)
         seen = set()
