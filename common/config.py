@@ -3,7 +3,9 @@ line override them. Bad input becomes a UsageError, which `run_main` turns into 
 import dataclasses
 import difflib
 import os
+import signal
 import sys
+import threading
 from typing import Any, Callable, Sequence
 
 import tyro
@@ -101,8 +103,25 @@ def setup_jax() -> None:
         pass
 
 
+# Set by Ctrl-C. Python raises KeyboardInterrupt wherever the main thread is, and one raised inside a
+# garbage-collector callback (JAX has one) is printed and dropped: the run went on. The training loop checks
+# this after every chunk, so such an interrupt still stops it.
+INTERRUPTED = threading.Event()
+
+
+def _on_sigint(signum, frame):
+    INTERRUPTED.set()
+    raise KeyboardInterrupt
+
+
+def check_interrupted() -> None:
+    if INTERRUPTED.is_set():
+        raise KeyboardInterrupt
+
+
 def run_main(main: Callable[[], None]) -> None:
-    """Run a script's main: usage errors print one line and exit 2."""
+    """Run a script's main: usage errors print one line and exit 2, Ctrl-C exits 130 with everything saved."""
+    previous = signal.signal(signal.SIGINT, _on_sigint)
     try:
         main()
     except UsageError as e:
@@ -116,3 +135,5 @@ def run_main(main: Callable[[], None]) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(130)
+    finally:
+        signal.signal(signal.SIGINT, previous)
