@@ -345,7 +345,7 @@ def main():
     keys = jax.vmap(jax.random.PRNGKey)(jnp.array(seeds))
     params, norm = (ckpt["params"], ckpt["norm"]) if ckpt else (None, None)
     state = spread_runs(args, jit(jax.vmap(init, in_axes=(0, None, None)))(keys, params, norm), len(seeds))
-    train_chunk = jit_chunk(jax.vmap(train_chunk), donate=jax.default_backend() != "cpu")
+    train_chunk = jit_chunk(jax.vmap(train_chunk))
     evaluate = jit(jax.vmap(evaluate))
     try:
         if args.eval_only:

@@ -375,7 +375,7 @@ def main():
     params, norm = (ckpt["params"], ckpt["norm"]) if ckpt else (None, None)
     state = spread_runs(args, jit(jax.vmap(init, in_axes=(0, 0, None, None)))(keys, hp, params, norm),
                         len(runs))
-    train_chunk = jit_chunk(jax.vmap(train_chunk), donate=jax.default_backend() != "cpu")
+    train_chunk = jit_chunk(jax.vmap(train_chunk))
     evaluate = jit(jax.vmap(evaluate))
     try:
         if args.eval_only:

@@ -33,9 +33,11 @@ def jit(fn, **kwargs):
     return jax.jit(fn, compiler_options=options, **kwargs)
 
 
-def jit_chunk(vmapped_chunk, donate: bool):
+def jit_chunk(vmapped_chunk, donate: bool | None = None):
     """Compile a vmapped `train_chunk`. Donated, its state is updated in place instead of copied every
-    chunk (a replay buffer, big batches on a GPU)."""
+    chunk (a replay buffer, big batches on a GPU); by default only on accelerators."""
+    if donate is None:
+        donate = jax.default_backend() != "cpu"
     if not donate:
         return jit(vmapped_chunk)
     compiled = jit(vmapped_chunk, donate_argnums=(0,))
