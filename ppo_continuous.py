@@ -186,7 +186,8 @@ def make_train(args, env, eval_env, updates_per_chunk):
         return optax.adam(learning_rate, eps=1e-5)
 
     clip = [optax.clip_by_global_norm(args.max_grad_norm)] if args.max_grad_norm else []
-    tx = optax.chain(*clip, optax.inject_hyperparams(adam)(learning_rate=args.learning_rate))
+    # Adam on one flat vector: a small network's dozen leaves each cost their own kernels otherwise
+    tx = optax.flatten(optax.chain(*clip, optax.inject_hyperparams(adam)(learning_rate=args.learning_rate)))
 
     def init(key, params=None, norm=None):
         key, k_params, k_env = jax.random.split(key, 3)

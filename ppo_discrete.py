@@ -189,7 +189,9 @@ def make_train(args, env, eval_env, updates_per_chunk):
     def optimizer(hp):
         adam = optax.inject_hyperparams(lambda learning_rate: optax.adam(learning_rate, eps=1e-5))
         clip = [optax.clip_by_global_norm(hp["max_grad_norm"])] if args.max_grad_norm else []
-        return optax.chain(*clip, adam(learning_rate=hp["learning_rate"]))
+        # Adam on one flat vector: the dozen leaves of the two small MLPs each cost their own kernels otherwise
+        # (gymnax CartPole 500k, 1 seed: ~0.4 s less compile and run)
+        return optax.flatten(optax.chain(*clip, adam(learning_rate=hp["learning_rate"])))
 
     def init(key, hp, params=None, norm=None):
         key, k_params, k_env = jax.random.split(key, 3)
