@@ -1,6 +1,11 @@
+import os
+import subprocess
+import sys
+
 import pytest
 
 from common.config import UsageError, load_config, parse_args
+from conftest import ROOT
 from ppo_continuous import Args
 
 
@@ -43,3 +48,29 @@ def test_bad_presets(tmp_path, text, message):
 def test_missing_preset():
     with pytest.raises(UsageError, match="not found"):
         parse_args(Args, ["--config", "configs/nope.yaml"])
+
+
+# compiles one tiny program after setup_jax (cached whatever its compile time) and prints the cache directory
+CACHE_PROBE = ("import jax, jax.numpy as jnp; from common.config import setup_jax; setup_jax(); "
+               "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0); "
+               "jax.jit(lambda x: jnp.sin(x) @ x)(jnp.ones((4, 4))).block_until_ready(); "
+               "print(jax.config.jax_compilation_cache_dir)")
+
+
+@pytest.mark.parametrize("override", [None, "moved", "off", "unwritable"])
+def test_compiled_programs_are_cached_on_disk(tmp_path, override):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "home")
+    expected = tmp_path / "home" / "jax-rl"
+    if override == "moved":
+        env["JAX_COMPILATION_CACHE_DIR"] = expected = str(tmp_path / "moved")
+    if override == "off":
+        env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
+    if override == "unwritable":  # no cache, and no warning for every compiled program
+        env["XDG_CACHE_HOME"], expected = "/proc/no-such-dir", None
+    out = subprocess.run([sys.executable, "-c", CACHE_PROBE], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(expected)
+    assert "compilation cache" not in out.stderr, out.stderr
+    entries = os.listdir(expected) if expected and os.path.isdir(expected) else []
+    assert any(e.startswith("jit_") for e in entries) == (override in (None, "moved")), entries
