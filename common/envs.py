@@ -167,9 +167,12 @@ def _gymnax_env(name: str, num_envs: int, max_steps: int | None):
     no_limit = params.replace(max_steps_in_episode=2**30)  # is_terminal without the time limit
     vreset = jax.vmap(env.reset, in_axes=(0, None))
 
+    def flat(obs):  # every network here is an MLP: MinAtar's 10x10xC grids arrive as vectors
+        return obs.reshape(num_envs, -1).astype(jnp.float32)
+
     def reset(key):
         obs, s = vreset(jax.random.split(key, num_envs), params)
-        return (s, key), obs.astype(jnp.float32)
+        return (s, key), flat(obs)
 
     def step(state, action):
         s, key = state
@@ -181,14 +184,14 @@ def _gymnax_env(name: str, num_envs: int, max_steps: int | None):
         truncated = (s.time >= limit) & ~terminated
         done = terminated | truncated
         fresh_obs, fresh = vreset(jax.random.split(k_reset, num_envs), params)
-        s, next_obs = _where(done, fresh, s), jnp.where(done[:, None], fresh_obs, obs)
-        return ((s, key), next_obs.astype(jnp.float32), reward.astype(jnp.float32), terminated, truncated,
-                obs.astype(jnp.float32))
+        obs = flat(obs)
+        next_obs = jnp.where(done[:, None], flat(fresh_obs), obs)
+        return (_where(done, fresh, s), key), next_obs, reward.astype(jnp.float32), terminated, truncated, obs
 
     space = env.action_space(params)
     discrete = hasattr(space, "n")
     shape = () if discrete else space.shape
-    spec = EnvSpec(f"gymnax/{name}", env.observation_space(params).shape, discrete,
+    spec = EnvSpec(f"gymnax/{name}", (int(np.prod(env.observation_space(params).shape)),), discrete,
                    int(space.n) if discrete else int(np.prod(shape)),
                    None if discrete else np.broadcast_to(space.low, shape).astype(np.float32),
                    None if discrete else np.broadcast_to(space.high, shape).astype(np.float32), int(limit))

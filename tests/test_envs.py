@@ -182,3 +182,16 @@ def test_gymnax_truncation_termination_and_final_obs():
     assert list(np.flatnonzero(trunc[:, 0])) == [7, 15] and not term.any()
     assert ep.episode_length[7, 0] == 8 and ep.episode_return[7, 0] == 8
     assert not np.allclose(obs[7, 0], final_obs[7, 0]) and np.allclose(obs[6, 0], final_obs[6, 0])
+
+
+def test_gymnax_minatar_grids_arrive_flat():
+    import gymnax
+    env = make_env("gymnax/Breakout-MinAtar", 2)
+    assert env.spec.obs_shape == (400,) and env.spec.discrete and env.spec.action_dim == 3
+    state, obs = env.reset(jax.random.PRNGKey(0))
+    genv, params = gymnax.make("Breakout-MinAtar")
+    grids, _ = jax.vmap(genv.reset, in_axes=(0, None))(jax.random.split(jax.random.PRNGKey(0), 2), params)
+    assert grids.shape == (2, 10, 10, 4)
+    np.testing.assert_array_equal(obs, grids.reshape(2, 400))
+    _, next_obs, _, _, _, final_obs, _ = env.step(state, jnp.zeros(2, jnp.int32))
+    assert next_obs.shape == final_obs.shape == (2, 400)

@@ -87,6 +87,15 @@ def test_cli_gymnasium_cartpole_smoke(tmp_path):
     assert (run_dir / "model.ckpt").exists()
 
 
+def test_cli_gymnax_minatar_smoke(tmp_path):
+    out = run_script(tmp_path, "--env-id", "gymnax/Breakout-MinAtar", "--total-timesteps", "2048",
+                     "--num-eval-envs", "2")
+    assert out.returncode == 0, out.stderr
+    (run_dir,) = [d for d in (tmp_path / "runs").iterdir() if d.is_dir()]
+    with open(run_dir / "metrics.csv") as f:
+        assert "eval/episodic_return" in {r["metric"] for r in csv.DictReader(f)}
+
+
 def test_sweep_reports_per_setting(tmp_path):
     out = run_script(tmp_path, "--env-id", "gymnax/CartPole-v1", "--total-timesteps", "4096", "--num-seeds", "2",
                      "--sweep", "learning-rate=1e-5,1e-2", "--eval-every", "4096", "--exp-name", "sw")
