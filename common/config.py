@@ -102,9 +102,10 @@ def setup_jax() -> None:
     # JAX_ENABLE_COMPILATION_CACHE=false turns it off; past 1 GB the least recently used entries go.
     if jax.config.jax_compilation_cache_dir is None:
         cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        cache_dir = os.path.join(cache_home, "jax-rl")
         try:
-            os.makedirs(os.path.join(cache_home, "jax-rl"), exist_ok=True)
-            jax.config.update("jax_compilation_cache_dir", os.path.join(cache_home, "jax-rl"))
+            os.makedirs(cache_dir, exist_ok=True)
+            jax.config.update("jax_compilation_cache_dir", cache_dir)
         except OSError:  # nowhere to write it: compile every time, without a warning per program
             pass
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
