@@ -1,12 +1,9 @@
-"""PPO for discrete actions: CleanRL's ppo.py with the whole update (rollout, GAE, epochs x minibatches)
-compiled into one jitted `jax.lax.scan`, on Gymnasium or gymnax envs; seeds and hyperparameter sweeps
-train together in one vmapped program.
+"""PPO for discrete actions: CleanRL's ppo.py on Gymnasium or gymnax envs. Each
+iteration (rollout, advantages, epochs of minibatch updates) runs inside one jitted `jax.lax.scan`; seeds and
+hyperparameter sweeps train together in one vmapped program.
 
-    python ppo_discrete.py --env-id CartPole-v1
-    python ppo_discrete.py --env-id gymnax/CartPole-v1 --num-seeds 8 --sweep learning-rate=1e-4,3e-4,1e-3
+    python ppo_discrete.py --env-id gymnax/CartPole-v1 --num-seeds 4 --sweep learning-rate=1e-4,3e-4,1e-3
 """
-import dataclasses
-import itertools
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -18,109 +15,64 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from common.config import UsageError, check_positive, parse_args, run_main, setup_jax
-from common.envs import EpisodeStats, make_env
+from common.cli import UsageError, check_ranges, parse_args, run_main
+from common.envs import EpisodeStats
 from common.logger import load_checkpoint
 from common.networks import ACTIVATIONS, mlp_apply, mlp_init
-from common.runner import (chunk_length, evaluate_runs, jit, jit_chunk, make_evaluate, open_runs,
-                           spread_runs, train_loop)
+from common.runner import make_evaluate, open_experiment, parse_sweep, train_or_evaluate
 
-# float knobs that --sweep can vary inside one compiled program (they are traced, not baked in)
+# float knobs that --sweep can vary inside one compiled program (traced, not baked in), as --sweep NAME=V1,V2
 SWEEPABLE = ("learning_rate", "ent_coef", "clip_coef", "vf_coef", "gamma", "gae_lambda", "max_grad_norm")
 
 
 @dataclass
 class Args:
-    exp_name: str = "ppo_discrete"
-    """the name of this experiment (part of the run name)"""
-    seed: int = 1
-    """seed of the first run; seed i of --num-seeds uses seed + i"""
-    num_seeds: int = 1
-    """independent seeds trained at once (vmapped)"""
-    sweep: tuple[str, ...] = ()
-    """NAME=V1,V2,... of a float knob (learning-rate, ent-coef, clip-coef, vf-coef, gamma, gae-lambda,
-    max-grad-norm): every value x every seed trains in one vmapped program"""
-    config: Optional[str] = None
-    """YAML preset whose values become the defaults; flags override it"""
-    track: bool = False
-    """log to Weights & Biases"""
-    wandb_project_name: str = "cleanRL"
-    """the wandb project"""
-    wandb_entity: Optional[str] = None
-    """the wandb entity (team)"""
-    capture_video: bool = False
-    """record evaluation episodes to runs/{run_name}/videos (Gymnasium and Brax envs)"""
-    save_model: bool = False
-    """save params, normalisation statistics and config to runs/{run_name}/model.ckpt"""
-    load_model: Optional[str] = None
-    """start from (or, with --eval-only, evaluate) a saved model"""
-    eval_only: bool = False
-    """only evaluate --load-model, no training"""
-    clear_out: bool = False
-    """replace an existing run directory of the same name"""
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]  # the name of this experiment (part of the run name)
+    seed: int = 1  # seed of the first run; seed i of --num-seeds uses seed + i
+    num_seeds: int = 1  # independent seeds trained at once (vmapped)
+    sweep: tuple[str, ...] = ()  # NAME=V1,V2,... of a SWEEPABLE knob: every value x every seed trains at once
+    config: Optional[str] = None  # YAML preset whose values become the defaults; flags override it
+    track: bool = False  # log to Weights & Biases
+    wandb_project_name: str = "cleanRL"  # the wandb project
+    wandb_entity: Optional[str] = None  # the wandb entity (team)
+    capture_video: bool = False  # record evaluation episodes to runs/{run_name}/videos (Gymnasium and Brax envs)
+    save_model: bool = False  # save params, normalisation statistics and config to runs/{run_name}/model.ckpt
+    load_model: Optional[str] = None  # start from (or, with --eval-only, evaluate) a saved model
+    eval_only: bool = False  # only evaluate --load-model, no training
+    clear_out: bool = False  # replace an existing run directory of the same name
 
-    env_id: str = "CartPole-v1"
-    """Gymnasium id (CartPole-v1) or gymnax/NAME (gymnax/CartPole-v1)"""
-    total_timesteps: int = 500000
-    """total env steps per seed"""
-    num_envs: int = 4
-    """parallel envs per seed"""
-    max_episode_steps: Optional[int] = None
-    """time limit of the training envs (default: the env's own)"""
-    eval_max_episode_steps: Optional[int] = None
-    """time limit of the evaluation envs (default: as training)"""
-    async_envs: bool = False
-    """Gymnasium AsyncVectorEnv (one process per env) instead of SyncVectorEnv"""
-    normalize_obs: bool = False
-    """running observation normalisation (frozen at evaluation)"""
-    normalize_reward: bool = False
-    """scale rewards by the std of the discounted return"""
-    reward_scale: float = 1.0
-    """multiply rewards by this (after normalisation)"""
+    env_id: str = "CartPole-v1"  # Gymnasium id (CartPole-v1) or gymnax/NAME (gymnax/CartPole-v1)
+    total_timesteps: int = 500000  # total env steps per seed
+    num_envs: int = 4  # parallel envs per seed
+    max_episode_steps: Optional[int] = None  # time limit of the training envs (default: the env's own; Brax 1000)
+    eval_max_episode_steps: Optional[int] = None  # time limit of the evaluation envs (default: as training)
+    async_envs: bool = False  # Gymnasium AsyncVectorEnv (one process per env) instead of SyncVectorEnv
+    normalize_obs: bool = False  # running observation normalisation (frozen at evaluation)
+    normalize_reward: bool = False  # scale rewards by the std of the discounted return
+    reward_scale: float = 1.0  # multiply rewards by this (after normalisation)
 
-    learning_rate: float = 2.5e-4
-    """Adam learning rate"""
-    anneal_lr: bool = True
-    """anneal the learning rate linearly to 0"""
-    num_steps: int = 128
-    """steps per env per rollout"""
-    gamma: float = 0.99
-    """discount factor"""
-    gae_lambda: float = 0.95
-    """GAE lambda"""
-    num_minibatches: int = 4
-    """minibatches per epoch"""
-    update_epochs: int = 4
-    """epochs over each rollout"""
-    norm_adv: bool = True
-    """normalise advantages per minibatch"""
-    clip_coef: float = 0.2
-    """surrogate clipping coefficient"""
-    clip_vloss: bool = True
-    """clip the value loss as CleanRL does"""
-    ent_coef: float = 0.01
-    """entropy coefficient"""
-    vf_coef: float = 0.5
-    """value loss coefficient"""
-    max_grad_norm: Optional[float] = 0.5
-    """global gradient-norm clip (none: no clipping)"""
-    target_kl: Optional[float] = None
-    """stop the epochs of an update early once approx KL exceeds this"""
-    bootstrap_truncation: bool = True
-    """bootstrap from the final observation at time limits (off: CleanRL, truncation ends the return)"""
-    reset_env: bool = False
-    """reset every env at the start of each rollout (off: carry episodes across rollouts, as CleanRL)"""
-    actor_hidden: tuple[int, ...] = (64, 64)
-    """actor hidden layer sizes"""
-    critic_hidden: tuple[int, ...] = (64, 64)
-    """critic hidden layer sizes"""
-    activation: str = "tanh"
-    """hidden activation: tanh, relu, swish or elu"""
+    learning_rate: float = 2.5e-4  # Adam learning rate
+    anneal_lr: bool = True  # anneal the learning rate linearly to 0, once per iteration
+    num_steps: int = 128  # steps per env per rollout
+    gamma: float = 0.99  # discount factor
+    gae_lambda: float = 0.95  # GAE lambda
+    num_minibatches: int = 4  # minibatches per epoch
+    update_epochs: int = 4  # epochs over each rollout
+    norm_adv: bool = True  # normalise advantages per minibatch
+    clip_coef: float = 0.2  # surrogate clipping coefficient
+    clip_vloss: bool = True  # clip the value loss as CleanRL does
+    ent_coef: float = 0.01  # entropy coefficient
+    vf_coef: float = 0.5  # value loss coefficient
+    max_grad_norm: Optional[float] = 0.5  # global gradient-norm clip (None: no clipping)
+    target_kl: Optional[float] = None  # stop the epochs of an iteration early once approx KL exceeds this
+    bootstrap_truncation: bool = True  # bootstrap at time limits (off: as CleanRL, a time limit ends the return)
+    reset_env: bool = False  # reset every env at the start of each rollout (off: carry episodes over, as CleanRL)
+    actor_hidden: tuple[int, ...] = (64, 64)  # actor hidden layer sizes
+    critic_hidden: tuple[int, ...] = (64, 64)  # critic hidden layer sizes
+    activation: str = "tanh"  # hidden activation: tanh, relu, swish or elu
 
-    eval_every: int = 100000
-    """evaluate every this many env steps (and at the end)"""
-    num_eval_envs: int = 10
-    """evaluation episodes, one per eval env, greedy actions"""
+    eval_every: int = 100000  # evaluate every this many env steps (and at the end)
+    num_eval_envs: int = 10  # evaluation episodes, one per eval env, deterministic actions
 
 
 class TrainState(NamedTuple):
@@ -129,8 +81,8 @@ class TrainState(NamedTuple):
     env_state: object
     obs: jax.Array
     key: jax.Array
-    update: jax.Array  # updates done so far
-    hp: dict  # the swept float knobs of this run
+    iteration: jax.Array  # iterations done so far
+    hp: dict  # this run's values of the SWEEPABLE knobs
 
 
 class Transition(NamedTuple):
@@ -166,18 +118,19 @@ def compute_gae(values, rewards, terminated, done, next_values, gamma, gae_lambd
     return advantages, advantages + values
 
 
-def init_params(key, obs_size, num_actions, args):
+def init_params(key, obs_size, action_dim, args):
     k_actor, k_critic = jax.random.split(key)
-    return {"actor": mlp_init(k_actor, (obs_size, *args.actor_hidden, num_actions), 0.01),
-            "critic": mlp_init(k_critic, (obs_size, *args.critic_hidden, 1), 1.0)}
+    params = {"actor": mlp_init(k_actor, (obs_size, *args.actor_hidden, action_dim), 0.01),
+              "critic": mlp_init(k_critic, (obs_size, *args.critic_hidden, 1), 1.0)}
+    return params
 
 
-def make_train(args, env, eval_env, updates_per_chunk):
-    """Returns pure functions `init(key, hp) -> TrainState`, `train_chunk(state) -> (state, metrics)` (that
-    many updates, metrics per update) and `evaluate(params, norm, key) -> returns`. `hp` holds the
-    SWEEPABLE knobs as arrays, so one compiled program serves every setting of a sweep."""
+def make_train(args, env, eval_env, iterations_per_chunk):
+    """Returns pure functions `init(key, hp, params=None, norm=None) -> TrainState`, `train_chunk(state) ->
+    (state, metrics)` (that many iterations, metrics per iteration) and `evaluate(params, norm, key) -> returns`.
+    `hp` holds the SWEEPABLE knobs as arrays, so one compiled program serves every setting of a sweep."""
     batch_size = args.num_envs * args.num_steps
-    num_updates = args.total_timesteps // batch_size
+    num_iterations = args.total_timesteps // batch_size
     obs_size = int(np.prod(env.spec.obs_shape))
 
     def policy(params, obs):
@@ -186,28 +139,30 @@ def make_train(args, env, eval_env, updates_per_chunk):
     def value(params, obs):
         return mlp_apply(params["critic"], obs, args.activation)[..., 0]
 
-    def optimizer(hp):
-        adam = optax.inject_hyperparams(lambda learning_rate: optax.adam(learning_rate, eps=1e-5))
+    def optimizer(hp, learning_rate):  # Adam on one flat vector of all parameters: a few kernels, not a few per leaf
         clip = [optax.clip_by_global_norm(hp["max_grad_norm"])] if args.max_grad_norm else []
-        # Adam on one flat vector: the dozen leaves of the two small MLPs each cost their own kernels otherwise
-        # (gymnax CartPole 500k, 1 seed: ~0.4 s less compile and run)
-        return optax.flatten(optax.chain(*clip, adam(learning_rate=hp["learning_rate"])))
+        return optax.flatten(optax.chain(*clip, optax.adam(learning_rate, eps=1e-5)))
+
+    def learning_rate(hp, iteration):  # as CleanRL: annealed linearly to 0, once per iteration
+        if not args.anneal_lr:
+            return hp["learning_rate"]
+        return optax.linear_schedule(hp["learning_rate"], 0.0, num_iterations)(iteration)
 
     def init(key, hp, params=None, norm=None):
         key, k_params, k_env = jax.random.split(key, 3)
         if params is None:
             params = init_params(k_params, obs_size, env.spec.action_dim, args)
         env_state, obs = env.reset(k_env, norm)
-        return TrainState(params, optimizer(hp).init(params), env_state, obs, key, jnp.int32(0), hp)
+        opt_state = optimizer(hp, hp["learning_rate"]).init(params)
+        return TrainState(params, opt_state, env_state, obs, key, jnp.int32(0), hp)
 
-    def env_step(carry, gumbel):
-        # Only the acting chain runs per step (argmax of logits + Gumbel noise samples the categorical);
-        # values and log-probs are computed for the whole rollout afterwards.
+    def env_step(carry, noise):
+        # Only the acting chain runs per step; values and log-probs are computed for the whole rollout after.
         params, env_state, obs = carry
-        action = jnp.argmax(mlp_apply(params["actor"], obs, args.activation) + gumbel, axis=-1)
+        action = jnp.argmax(mlp_apply(params["actor"], obs, args.activation) + noise, axis=-1)  # Gumbel-max
         env_state, next_obs, reward, terminated, truncated, final_obs, episode = env.step(env_state, action)
-        return (params, env_state, next_obs), Transition(obs, action, reward, terminated, truncated, final_obs,
-                                                         episode)
+        transition = Transition(obs, action, reward, terminated, truncated, final_obs, episode)
+        return (params, env_state, next_obs), transition
 
     def loss_fn(params, mb, hp):
         dist = policy(params, mb.obs)
@@ -231,19 +186,19 @@ def make_train(args, env, eval_env, updates_per_chunk):
                       "losses/approx_kl": ((ratio - 1) - logratio).mean(),
                       "losses/clipfrac": (jnp.abs(ratio - 1) > clip).mean()}
 
-    def update_minibatch(hp, carry, minibatch):
+    def update_minibatch(hp, lr, carry, minibatch):
         params, opt_state = carry
         grads, metrics = jax.grad(loss_fn, has_aux=True)(params, minibatch, hp)
-        updates, opt_state = optimizer(hp).update(grads, opt_state, params)
+        updates, opt_state = optimizer(hp, lr).update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), metrics
 
-    def update_epoch(batch, hp, carry, key):
+    def update_epoch(batch, hp, lr, carry, key):
         params, opt_state, stopped = carry
         perm = jax.random.permutation(key, batch_size)
 
         def run():
             minibatches = jax.tree.map(lambda x: x[perm].reshape((args.num_minibatches, -1) + x.shape[1:]), batch)
-            return jax.lax.scan(partial(update_minibatch, hp), (params, opt_state), minibatches)
+            return jax.lax.scan(partial(update_minibatch, hp, lr), (params, opt_state), minibatches)
 
         if args.target_kl is None:
             (params, opt_state), metrics = run()
@@ -254,68 +209,52 @@ def make_train(args, env, eval_env, updates_per_chunk):
             stopped = stopped | (metrics["losses/approx_kl"][-1] > args.target_kl)
         return (params, opt_state, stopped), metrics
 
-    def update_step(state, _):
-        params, opt_state, env_state, obs, key, update, hp = state
-        lr = hp["learning_rate"] * (1.0 - update / num_updates) if args.anneal_lr else hp["learning_rate"]
-        opt_state[-1].hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
+    def train_iteration(state, _):
+        params, opt_state, env_state, obs, key, iteration, hp = state
+        lr = learning_rate(hp, iteration)
         key, k_reset, k_noise, k_epochs = jax.random.split(key, 4)
+
+        # --- rollout: num_steps steps of every env with the current policy ---
         if args.reset_env:
             env_state, obs = env.reset(k_reset, env_state.norm)
-        gumbel = jax.random.gumbel(k_noise, (args.num_steps, args.num_envs, env.spec.action_dim))
-        (params, env_state, obs), traj = jax.lax.scan(env_step, (params, env_state, obs), gumbel)
+        noise = jax.random.gumbel(k_noise, (args.num_steps, args.num_envs, env.spec.action_dim))
+        (params, env_state, obs), traj = jax.lax.scan(env_step, (params, env_state, obs), noise)
+
+        # --- advantages: GAE, bootstrapping from V(final obs) unless the episode terminated ---
         values, next_values = value(params, traj.obs), value(params, traj.final_obs)
         logprobs = policy(params, traj.obs).log_prob(traj.action)
         done = traj.terminated | traj.truncated
-        # with bootstrapping off a time limit ends the return like a termination (CleanRL)
-        terminal = traj.terminated if args.bootstrap_truncation else done
+        terminal = traj.terminated if args.bootstrap_truncation else done  # off: a time limit ends the return
         advantages, returns = compute_gae(values, traj.reward, terminal.astype(jnp.float32),
                                           done.astype(jnp.float32), next_values, hp["gamma"], hp["gae_lambda"])
         batch = Batch(traj.obs, traj.action, logprobs, values, advantages, returns)
         batch = jax.tree.map(lambda x: x.reshape((batch_size,) + x.shape[2:]), batch)
-        (params, opt_state, _), metrics = jax.lax.scan(partial(update_epoch, batch, hp),
+
+        # --- epochs: update_epochs passes over the batch, num_minibatches shuffled minibatches each ---
+        (params, opt_state, _), metrics = jax.lax.scan(partial(update_epoch, batch, hp, lr),
                                                        (params, opt_state, jnp.bool_(False)),
                                                        jax.random.split(k_epochs, args.update_epochs))
-        metrics = jax.tree.map(jnp.nanmean, metrics)  # one number per update, so thousands of runs fit
+        metrics = jax.tree.map(jnp.nanmean, metrics)  # one number per iteration
         metrics["losses/explained_variance"] = 1.0 - jnp.var(batch.returns - batch.value) / (
             jnp.var(batch.returns) + 1e-8)
-        metrics["charts/learning_rate"] = jnp.asarray(lr, jnp.float32)
-        ep = traj.episode
-        metrics["episodes"] = ep.done.sum()
-        metrics["return_sum"] = jnp.where(ep.done, ep.episode_return, 0.0).sum()
-        metrics["length_sum"] = jnp.where(ep.done, ep.episode_length, 0).sum()
-        return TrainState(params, opt_state, env_state, obs, key, update + 1, hp), metrics
+        metrics["charts/learning_rate"] = lr
+        return TrainState(params, opt_state, env_state, obs, key, iteration + 1, hp), {**metrics, **traj.episode.sums()}
 
     def train_chunk(state):
-        return jax.lax.scan(update_step, state, None, updates_per_chunk)
+        return jax.lax.scan(train_iteration, state, None, iterations_per_chunk)
 
-    def greedy_action(params, obs):  # evaluation acts deterministically
-        return jnp.argmax(mlp_apply(params["actor"], obs, args.activation), axis=-1)
+    def eval_action(params, obs):  # deterministic
+        return jnp.argmax(mlp_apply(params["actor"], obs, args.activation), axis=-1)  # the likeliest action
 
-    return init, train_chunk, make_evaluate(eval_env, greedy_action)
-
-
-def parse_sweep(args):
-    """--sweep entries -> list of settings (dicts of the swept knobs), every combination."""
-    axes = []
-    for entry in args.sweep:
-        name, _, values = entry.partition("=")
-        name = name.replace("-", "_")
-        if name not in SWEEPABLE or not values:
-            raise UsageError(f"--sweep '{entry}': use NAME=V1,V2 with NAME one of "
-                             f"{', '.join(n.replace('_', '-') for n in SWEEPABLE)}")
-        if name == "max_grad_norm" and not args.max_grad_norm:
-            raise UsageError("--sweep max-grad-norm needs gradient clipping on (set --max-grad-norm)")
-        try:
-            axes.append([(name, float(v)) for v in values.split(",")])
-        except ValueError:
-            raise UsageError(f"--sweep '{entry}': values must be numbers separated by commas")
-    return [dict(combo) for combo in itertools.product(*axes)]
+    return init, train_chunk, make_evaluate(eval_env, eval_action)
 
 
 def check_args(args):
-    check_positive(args, ["total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs",
-                          "num_seeds", "num_eval_envs", "eval_every", "learning_rate", "max_episode_steps",
-                          "eval_max_episode_steps"])
+    check_ranges(args, {**dict.fromkeys(["total_timesteps", "num_envs", "num_steps", "num_minibatches",
+                                         "update_epochs", "num_seeds", "num_eval_envs", "eval_every", "learning_rate",
+                                         "clip_coef", "max_grad_norm", "target_kl", "max_episode_steps",
+                                         "eval_max_episode_steps", "reward_scale"], "(0, inf)"),
+                        "gamma": "[0, 1]", "gae_lambda": "[0, 1]", "ent_coef": "[0, inf)", "vf_coef": "[0, inf)"})
     batch_size = args.num_envs * args.num_steps
     if batch_size % args.num_minibatches:
         raise UsageError(f"batch size num_envs x num_steps = {batch_size} is not divisible by --num-minibatches "
@@ -325,94 +264,18 @@ def check_args(args):
                          f"(num_envs x num_steps = {batch_size}); raise it or shorten the rollout")
     if args.activation not in ACTIVATIONS:
         raise UsageError(f"unknown --activation '{args.activation}'; choose one of {', '.join(ACTIVATIONS)}")
-    if args.eval_only and not args.load_model:
-        raise UsageError("--eval-only needs --load-model PATH (a model.ckpt written by --save-model)")
-    if args.env_id.startswith("brax/"):
-        raise UsageError(f"'{args.env_id}': Brax envs have continuous actions; use ppo_continuous.py")
-    if args.capture_video and args.env_id.startswith("gymnax/"):
-        raise UsageError(f"--capture-video films Gymnasium and Brax envs, not gymnax ('{args.env_id}'); "
-                         f"drop the flag or use the Gymnasium id")
 
 
 def main():
     args = parse_args(Args)
-    ckpt = load_checkpoint(args.load_model) if args.load_model else None
-    if ckpt is not None:  # the network and env must match the saved parameters
-        for name in ("env_id", "actor_hidden", "critic_hidden", "activation", "normalize_obs"):
-            setattr(args, name, type(getattr(args, name))(ckpt["config"][name]))
-    check_args(args)
-    settings = parse_sweep(args)
-    setup_jax()
-
-    # every (setting, seed) pair is one run; all runs share one vmapped program and one host env set
-    runs = [(setting, args.seed + i) for setting in settings for i in range(args.num_seeds)]
-    if args.capture_video:
-        os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo renders headless through EGL
-    env_kwargs = dict(normalize_obs=args.normalize_obs, normalize_reward=args.normalize_reward, gamma=args.gamma,
-                      reward_scale=args.reward_scale, asynchronous=args.async_envs)
-    env = make_env(args.env_id, args.num_envs, num_copies=len(runs), max_episode_steps=args.max_episode_steps,
-                   **env_kwargs)
-    if not env.spec.discrete:
-        env.close()
-        raise UsageError(f"'{args.env_id}' has continuous actions; ppo_discrete.py needs a Discrete action "
-                         f"space: use ppo_continuous.py")
-    seeds = [seed for _, seed in runs]
-    configs = [{**dataclasses.asdict(args), **setting, "seed": seed} for setting, seed in runs]
-    exp = args.exp_name + ("-eval" if args.eval_only else "")
-    exps = [exp + "".join(f"_{k}={v:g}" for k, v in setting.items()) for setting, _ in runs]
-    run_dirs, loggers = open_runs(args, exps, seeds, configs)
-    eval_env = make_env(args.env_id, args.num_eval_envs, num_copies=len(runs), freeze_stats=True,
-                        max_episode_steps=args.eval_max_episode_steps or args.max_episode_steps,
-                        video_dir=os.path.join(run_dirs[0], "videos") if args.capture_video else None, **env_kwargs)
-    if eval_env.spec.max_episode_steps is None:
-        raise UsageError(f"'{args.env_id}' has no time limit; pass --eval-max-episode-steps")
-
-    batch_size = args.num_envs * args.num_steps
-    num_updates = args.total_timesteps // batch_size
-    per_chunk = chunk_length(num_updates, min(max(1, args.eval_every // batch_size), -(-num_updates // 20)))
-    init, train_chunk, evaluate = make_train(args, env, eval_env, per_chunk)
-    keys = jax.vmap(jax.random.PRNGKey)(jnp.array(seeds))
-    base = {k: getattr(args, k) for k in SWEEPABLE if getattr(args, k) is not None}
-    hp = {k: jnp.array([s.get(k, v) for s, _ in runs], jnp.float32) for k, v in base.items()}
-    params, norm = (ckpt["params"], ckpt["norm"]) if ckpt else (None, None)
-    state = spread_runs(args, jit(jax.vmap(init, in_axes=(0, 0, None, None)))(keys, hp, params, norm),
-                        len(runs))
-    train_chunk = jit_chunk(jax.vmap(train_chunk))
-    evaluate = jit(jax.vmap(evaluate))
-    try:
-        if args.eval_only:
-            returns = evaluate_runs(evaluate, state, seeds, 0, loggers)
-            print(f"eval/episodic_return {returns.mean():.2f} over {args.num_eval_envs} episodes per seed")
-            for logger in loggers:
-                logger.close()
-            return
-        returns = train_loop(args, state, train_chunk, evaluate, seeds=seeds, run_dirs=run_dirs, loggers=loggers,
-                             configs=configs, batch_size=batch_size, num_updates=num_updates, per_chunk=per_chunk)
-    finally:
-        env.close()
-        eval_env.close()
-    summarise(settings, args.num_seeds, returns, run_dirs[0] + "_summary.csv")
-
-
-def summarise(settings, num_seeds, eval_returns, path):
-    """Final evaluation return per sweep setting (mean and std over seeds): printed and written as CSV."""
-    from rich.console import Console
-    from rich.table import Table
-
-    per_setting = np.asarray(eval_returns).reshape(len(settings), num_seeds)
-    keys = sorted({k for s in settings for k in s})
-    header = [k.replace("_", "-") for k in keys] + ["mean", "std", "seeds"]
-    table = Table(title="final eval/episodic_return")
-    for column in header:
-        table.add_column(column, justify="right")
-    rows = []
-    for setting, returns in zip(settings, per_setting):
-        row = [f"{setting[k]:g}" for k in keys] + [f"{returns.mean():.2f}", f"{returns.std():.2f}", str(num_seeds)]
-        table.add_row(*row)
-        rows.append(row)
-    Console().print(table)
-    with open(path, "w") as f:
-        f.write(",".join(header) + "\n" + "\n".join(",".join(r) for r in rows) + "\n")
+    ckpt = load_checkpoint(args.load_model, args) if args.load_model else None  # also sets its network flags
+    settings = parse_sweep(args, SWEEPABLE, check_args)
+    exp = open_experiment(args, settings, args.num_envs * args.num_steps, discrete=True)
+    init, train_chunk, evaluate = make_train(args, exp.env, exp.eval_env, exp.logs_per_chunk)
+    hp = {k: jnp.array([s.get(k, getattr(args, k)) for s in settings for _ in range(args.num_seeds)], jnp.float32)
+          for k in SWEEPABLE if getattr(args, k) is not None}
+    train_or_evaluate(args, exp, ckpt, jax.vmap(init, in_axes=(0, 0, None, None)), jax.vmap(train_chunk),
+                      jax.vmap(evaluate), hp)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ sample, update) inside one jitted `jax.lax.scan`, on Gymnasium or Brax envs, rep
     python sac.py --env-id Hopper-v4
     python sac.py --config configs/sac_brax_hopper.yaml
 """
-import dataclasses
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -16,107 +15,62 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from common.config import UsageError, check_positive, parse_args, run_main, setup_jax
-from common.envs import make_env, normalize, update_stats
+from common.cli import UsageError, check_ranges, parse_args, run_main
 from common.logger import load_checkpoint
 from common.networks import mlp_apply, mlp_init_torch
-from common.runner import (chunk_length, evaluate_runs, jit, jit_chunk, make_evaluate, open_runs,
-                           spread_runs, train_loop)
+from common.runner import make_evaluate, open_experiment, train_or_evaluate
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 
 @dataclass
 class Args:
-    exp_name: str = "sac"
-    """the name of this experiment (part of the run name)"""
-    seed: int = 1
-    """seed of the first run; seed i of --num-seeds uses seed + i"""
-    num_seeds: int = 1
-    """independent seeds trained at once (vmapped)"""
-    config: Optional[str] = None
-    """YAML preset whose values become the defaults; flags override it"""
-    track: bool = False
-    """log to Weights & Biases"""
-    wandb_project_name: str = "cleanRL"
-    """the wandb project"""
-    wandb_entity: Optional[str] = None
-    """the wandb entity (team)"""
-    capture_video: bool = False
-    """record evaluation episodes to runs/{run_name}/videos (Gymnasium and Brax envs)"""
-    save_model: bool = False
-    """save params, normalisation statistics and config to runs/{run_name}/model.ckpt"""
-    load_model: Optional[str] = None
-    """start from (or, with --eval-only, evaluate) a saved model; the replay buffer starts empty"""
-    eval_only: bool = False
-    """only evaluate --load-model, no training"""
-    clear_out: bool = False
-    """replace an existing run directory of the same name"""
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]  # the name of this experiment (part of the run name)
+    seed: int = 1  # seed of the first run; seed i of --num-seeds uses seed + i
+    num_seeds: int = 1  # independent seeds trained at once (vmapped)
+    config: Optional[str] = None  # YAML preset whose values become the defaults; flags override it
+    track: bool = False  # log to Weights & Biases
+    wandb_project_name: str = "cleanRL"  # the wandb project
+    wandb_entity: Optional[str] = None  # the wandb entity (team)
+    capture_video: bool = False  # record evaluation episodes to runs/{run_name}/videos (Gymnasium and Brax envs)
+    save_model: bool = False  # save params, normalisation statistics and config to runs/{run_name}/model.ckpt
+    load_model: Optional[str] = None  # start from (or, with --eval-only, evaluate) a saved model (empty replay)
+    eval_only: bool = False  # only evaluate --load-model, no training
+    clear_out: bool = False  # replace an existing run directory of the same name
 
-    env_id: str = "Hopper-v4"
-    """Gymnasium id (Hopper-v4) or brax/NAME (brax/hopper)"""
-    total_timesteps: int = 1000000
-    """total env steps per seed"""
-    num_envs: int = 1
-    """parallel envs per seed"""
-    max_episode_steps: Optional[int] = None
-    """time limit of the training envs (default: the env's own; 1000 for Brax)"""
-    eval_max_episode_steps: Optional[int] = None
-    """time limit of the evaluation envs (default: as training)"""
-    async_envs: bool = False
-    """Gymnasium AsyncVectorEnv (one process per env) instead of SyncVectorEnv"""
-    brax_backend: str = "generalized"
-    """Brax physics backend: generalized, positional, spring or mjx"""
-    brax_true_reset: bool = True
-    """Brax: reset finished episodes to fresh random states (else to each env's first state)"""
-    normalize_obs: bool = False
-    """running observation normalisation (buffer keeps raw observations; frozen at evaluation)"""
-    reward_scale: float = 1.0
-    """multiply rewards by this"""
+    env_id: str = "Hopper-v4"  # Gymnasium id (Hopper-v4) or brax/NAME (brax/hopper)
+    total_timesteps: int = 1000000  # total env steps per seed
+    num_envs: int = 1  # parallel envs per seed
+    max_episode_steps: Optional[int] = None  # time limit of the training envs (default: the env's own; Brax 1000)
+    eval_max_episode_steps: Optional[int] = None  # time limit of the evaluation envs (default: as training)
+    async_envs: bool = False  # Gymnasium AsyncVectorEnv (one process per env) instead of SyncVectorEnv
+    brax_backend: str = "generalized"  # Brax physics backend: generalized, positional, spring or mjx
+    brax_true_reset: bool = True  # Brax: reset finished episodes to fresh random states (else to each env's first)
+    normalize_obs: bool = False  # running observation normalisation (the buffer keeps raw obs; frozen at evaluation)
+    reward_scale: float = 1.0  # multiply rewards by this
 
-    buffer_size: int = 1000000
-    """replay buffer capacity in transitions per seed (capped at --total-timesteps)"""
-    gamma: float = 0.99
-    """discount factor"""
-    tau: float = 0.005
-    """target network smoothing coefficient"""
-    batch_size: int = 256
-    """transitions per gradient update"""
-    learning_starts: int = 5000
-    """env steps of uniform random actions before the first update"""
-    policy_lr: float = 3e-4
-    """actor learning rate"""
-    q_lr: float = 1e-3
-    """Q-network (and temperature) learning rate"""
-    grad_updates_per_step: int = 1
-    """Q updates per vector-env step (num_envs transitions)"""
-    policy_frequency: int = 2
-    """every this many Q updates, update the actor (and alpha) this many times (delayed, as TD3)"""
-    target_network_frequency: int = 1
-    """soft-update the target Q networks every this many Q updates"""
-    alpha: float = 0.2
-    """entropy coefficient when not autotuned"""
-    autotune: bool = True
-    """learn the entropy coefficient toward --target-entropy"""
-    init_alpha: float = 1.0
-    """starting entropy coefficient when autotuned (CleanRL and Brax: log alpha = 0)"""
-    target_entropy: Optional[float] = None
-    """target policy entropy when autotuned (default: -action_dim)"""
-    backup_entropy: bool = True
-    """subtract alpha * log pi of the next action in the Q target (soft backup)"""
-    bootstrap_truncation: bool = True
-    """bootstrap from the final observation at time limits (CleanRL does; off: treat them as terminations)"""
-    actor_hidden: tuple[int, ...] = (256, 256)
-    """actor hidden layer sizes (ReLU)"""
-    critic_hidden: tuple[int, ...] = (256, 256)
-    """Q-network hidden layer sizes (ReLU)"""
+    buffer_size: int = 1000000  # replay buffer capacity in transitions per seed (capped at --total-timesteps)
+    gamma: float = 0.99  # discount factor
+    tau: float = 0.005  # target network smoothing coefficient
+    batch_size: int = 256  # transitions per gradient update
+    learning_starts: int = 5000  # env steps of uniform random actions before the first update
+    policy_lr: float = 3e-4  # actor learning rate
+    q_lr: float = 1e-3  # Q-network (and temperature) learning rate
+    grad_updates_per_step: int = 1  # Q updates per vector-env step (num_envs transitions)
+    policy_frequency: int = 2  # every this many Q updates, update the actor (and alpha) this many times (as TD3)
+    target_network_frequency: int = 1  # soft-update the target Q networks every this many Q updates
+    alpha: float = 0.2  # entropy coefficient when not autotuned
+    autotune: bool = True  # learn the entropy coefficient toward --target-entropy
+    init_alpha: float = 1.0  # starting entropy coefficient when autotuned (CleanRL and Brax: log alpha = 0)
+    target_entropy: Optional[float] = None  # target policy entropy when autotuned (default: -action_dim)
+    backup_entropy: bool = True  # subtract alpha * log pi of the next action in the Q target (soft backup)
+    bootstrap_truncation: bool = True  # bootstrap at time limits (as CleanRL's SAC; off: a time limit ends the return)
+    actor_hidden: tuple[int, ...] = (256, 256)  # actor hidden layer sizes (ReLU)
+    critic_hidden: tuple[int, ...] = (256, 256)  # Q-network hidden layer sizes (ReLU)
 
-    log_every: int = 1000
-    """log losses and episode statistics every this many env steps"""
-    eval_every: int = 100000
-    """evaluate every this many env steps (and at the end)"""
-    num_eval_envs: int = 10
-    """evaluation episodes, one per eval env, deterministic (mean) actions"""
+    log_every: int = 1000  # log losses and episode statistics every this many env steps
+    eval_every: int = 100000  # evaluate every this many env steps (and at the end)
+    num_eval_envs: int = 10  # evaluation episodes, one per eval env, deterministic (mean) actions
 
 
 class Transitions(NamedTuple):
@@ -179,9 +133,6 @@ def make_train(args, env, eval_env, iterations_per_log, logs_per_chunk):
     learning_starts = -(-args.learning_starts // args.num_envs)  # in vector-env steps
     actor_tx, q_tx, alpha_tx = optax.adam(args.policy_lr), optax.adam(args.q_lr), optax.adam(args.q_lr)
 
-    def observe(norm, obs):
-        return normalize(norm.obs, obs, 10.0) if args.normalize_obs else obs
-
     def actor_head(actor, obs):
         mean, log_std = jnp.split(mlp_apply(actor, obs, "relu"), 2, axis=-1)
         log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (jnp.tanh(log_std) + 1)
@@ -212,9 +163,7 @@ def make_train(args, env, eval_env, iterations_per_log, logs_per_chunk):
                       "qf": qf, "qf_target": qf, "log_alpha": jnp.log(jnp.float32(args.init_alpha))}
         opt_state = {"actor": actor_tx.init(params["actor"]), "qf": q_tx.init(params["qf"]),
                      "log_alpha": alpha_tx.init(params["log_alpha"])}
-        env_state, obs = env.reset(k_env, norm)
-        if args.normalize_obs and norm is None:
-            env_state = env_state._replace(norm=env_state.norm._replace(obs=update_stats(env_state.norm.obs, obs)))
+        env_state, obs = env.reset(k_env, norm)  # raw observations; the env keeps their statistics
         empty = lambda *shape: jnp.zeros((capacity, *shape), jnp.float32)
         buffer = Transitions(empty(obs_size), empty(action_dim), empty(), empty(obs_size), empty())
         return TrainState(params, opt_state, env_state, obs, buffer, key, jnp.int32(0))
@@ -264,7 +213,7 @@ def make_train(args, env, eval_env, iterations_per_log, logs_per_chunk):
         params, opt_state, buffer, norm, size, key = carry
         key, k_idx, k_q, k_actor = jax.random.split(key, 4)
         batch = sample(buffer, k_idx, size, args.batch_size)
-        batch = batch._replace(obs=observe(norm, batch.obs), next_obs=observe(norm, batch.next_obs))
+        batch = batch._replace(obs=env.observe(norm, batch.obs), next_obs=env.observe(norm, batch.next_obs))
         (_, metrics), grads = jax.value_and_grad(critic_loss, has_aux=True)(params["qf"], params, batch, k_q)
         updates, q_opt = q_tx.update(grads, opt_state["qf"])
         params = {**params, "qf": optax.apply_updates(params["qf"], updates)}
@@ -287,17 +236,14 @@ def make_train(args, env, eval_env, iterations_per_log, logs_per_chunk):
         key, k_random, k_policy, k_update = jax.random.split(key, 4)
         random_action = jax.random.uniform(k_random, (args.num_envs, action_dim), minval=spec.action_low,
                                            maxval=spec.action_high)
-        policy_action, _ = sample_action(params["actor"], observe(env_state.norm, obs), k_policy)
+        policy_action, _ = sample_action(params["actor"], env.observe(env_state.norm, obs), k_policy)
         action = jnp.where(iteration < learning_starts, random_action, policy_action)
         env_state, next_obs, reward, terminated, truncated, final_obs, episode = env.step(env_state, action)
         terminal = terminated if args.bootstrap_truncation else terminated | truncated
         row = (iteration * args.num_envs) % capacity
         new = Transitions(obs, action, reward, final_obs, terminal.astype(jnp.float32))
         buffer = insert(buffer, new, row)
-        norm = env_state.norm
-        if args.normalize_obs:  # statistics of what the policy sees, as Brax updates its normaliser
-            norm = norm._replace(obs=update_stats(norm.obs, next_obs))
-            env_state = env_state._replace(norm=norm)
+        norm = env_state.norm  # updated with the new observations, as Brax updates its normaliser
         size = jnp.minimum((iteration + 1) * args.num_envs, capacity)
 
         def learn():
@@ -308,10 +254,8 @@ def make_train(args, env, eval_env, iterations_per_log, logs_per_chunk):
 
         params, opt_state, metrics = jax.lax.cond(iteration >= learning_starts, learn,
                                                   partial(unchanged, params, opt_state, learn))
-        metrics["episodes"] = episode.done.sum()
-        metrics["return_sum"] = jnp.where(episode.done, episode.episode_return, 0.0).sum()
-        metrics["length_sum"] = jnp.where(episode.done, episode.episode_length, 0).sum()
-        return TrainState(params, opt_state, env_state, next_obs, buffer, key, iteration + 1), metrics
+        return TrainState(params, opt_state, env_state, next_obs, buffer, key, iteration + 1), {**metrics,
+                                                                                               **episode.sums()}
 
     def log_interval(state, _):
         state, m = jax.lax.scan(env_step, state, None, iterations_per_log)
@@ -325,22 +269,18 @@ def make_train(args, env, eval_env, iterations_per_log, logs_per_chunk):
 
 
 def check_args(args):
-    check_positive(args, ["total_timesteps", "num_envs", "num_seeds", "buffer_size", "batch_size", "policy_lr",
-                          "q_lr", "grad_updates_per_step", "policy_frequency", "target_network_frequency",
-                          "init_alpha", "log_every", "eval_every", "num_eval_envs", "max_episode_steps",
-                          "eval_max_episode_steps"])
-    if args.learning_starts < 0:
-        raise UsageError(f"--learning-starts must be >= 0, got {args.learning_starts}")
-    if not 0 < args.tau <= 1:
-        raise UsageError(f"--tau must be in (0, 1], got {args.tau}")
+    check_ranges(args, {**dict.fromkeys(["total_timesteps", "num_envs", "num_seeds", "buffer_size", "batch_size",
+                                         "policy_lr", "q_lr", "grad_updates_per_step", "policy_frequency",
+                                         "target_network_frequency", "init_alpha", "log_every", "eval_every",
+                                         "num_eval_envs", "max_episode_steps", "eval_max_episode_steps",
+                                         "reward_scale"], "(0, inf)"),
+                        "learning_starts": "[0, inf)", "gamma": "[0, 1]", "tau": "(0, 1]", "alpha": "[0, inf)"})
     if buffer_capacity(args) == 0:
         raise UsageError(f"--buffer-size {args.buffer_size} holds less than one step of --num-envs "
                          f"{args.num_envs}; raise it")
     if args.total_timesteps < max(args.log_every, args.num_envs):
         raise UsageError(f"--total-timesteps {args.total_timesteps} is less than one log interval "
                          f"(--log-every {args.log_every}); raise it or log more often")
-    if args.eval_only and not args.load_model:
-        raise UsageError("--eval-only needs --load-model PATH (a model.ckpt written by --save-model)")
 
 
 def available_memory(device) -> int | None:
@@ -368,76 +308,27 @@ def check_buffer_memory(args, spec) -> None:
                          f"{device.platform} memory is free; lower --buffer-size or --num-seeds")
 
 
-AXES = TrainState(0, 0, 0, 0, 0, 0, None)  # vmap axes: the step counter is shared by all seeds
+AXES = TrainState(0, 0, 0, 0, 0, 0, None)  # vmap axes: the iteration counter is shared by all seeds
 
 
 def vmap_runs(init, train_chunk):
-    """`init(keys, params, norm)` and a compiled, donated `train_chunk(state)` over a leading axis of runs,
-    so the replay buffer is updated in place."""
-    return (jit(jax.vmap(init, in_axes=(0, None, None), out_axes=AXES)),
-            jit_chunk(jax.vmap(train_chunk, in_axes=(AXES,), out_axes=(AXES, 0)), donate=True))
+    """`init(keys, params, norm)` and `train_chunk(state)` over a leading axis of runs."""
+    return jax.vmap(init, in_axes=(0, None, None), out_axes=AXES), jax.vmap(train_chunk, in_axes=(AXES,),
+                                                                            out_axes=(AXES, 0))
 
 
 def main():
     args = parse_args(Args)
-    ckpt = load_checkpoint(args.load_model) if args.load_model else None
-    if ckpt is not None:  # the network and env must match the saved parameters
-        for name in ("env_id", "actor_hidden", "critic_hidden", "normalize_obs"):
-            setattr(args, name, type(getattr(args, name))(ckpt["config"][name]))
+    ckpt = load_checkpoint(args.load_model, args) if args.load_model else None  # also sets its network flags
     check_args(args)
     if args.eval_only:  # nothing is learnt: a replay buffer of one step instead of gigabytes
         args.buffer_size = args.num_envs
-    setup_jax()
-
-    if args.capture_video:
-        os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo renders headless through EGL
-    env_kwargs = dict(reward_scale=args.reward_scale, brax_backend=args.brax_backend,
-                      brax_true_reset=args.brax_true_reset, asynchronous=args.async_envs)
-    # the training env returns raw observations: the buffer stores them, the learner normalises on use
-    env = make_env(args.env_id, args.num_envs, num_copies=args.num_seeds,
-                   max_episode_steps=args.max_episode_steps, **env_kwargs)
-    if env.spec.discrete:
-        env.close()
-        raise UsageError(f"'{args.env_id}' has discrete actions; sac.py needs a continuous (Box) action space: "
-                         f"use ppo_discrete.py")
-    try:
-        check_buffer_memory(args, env.spec)
-        if (args.eval_max_episode_steps or env.spec.max_episode_steps) is None:
-            raise UsageError(f"'{args.env_id}' has no time limit; pass --eval-max-episode-steps")
-    except UsageError:
-        env.close()
-        raise
-    seeds = [args.seed + i for i in range(args.num_seeds)]
-    configs = [{**dataclasses.asdict(args), "seed": s} for s in seeds]
-    exp = args.exp_name + ("-eval" if args.eval_only else "")
-    run_dirs, loggers = open_runs(args, [exp] * len(seeds), seeds, configs)
-    eval_env = make_env(args.env_id, args.num_eval_envs, num_copies=args.num_seeds, freeze_stats=True,
-                        normalize_obs=args.normalize_obs,
-                        max_episode_steps=args.eval_max_episode_steps or args.max_episode_steps,
-                        video_dir=os.path.join(run_dirs[0], "videos") if args.capture_video else None, **env_kwargs)
-
     iterations_per_log = max(1, args.log_every // args.num_envs)
-    steps_per_log = iterations_per_log * args.num_envs
-    num_logs = args.total_timesteps // steps_per_log
-    per_chunk = chunk_length(num_logs, min(max(1, args.eval_every // steps_per_log), -(-num_logs // 20)))
-    init, train_chunk, evaluate = make_train(args, env, eval_env, iterations_per_log, per_chunk)
-    keys = jax.vmap(jax.random.PRNGKey)(jnp.array(seeds))
-    params, norm = (ckpt["params"], ckpt["norm"]) if ckpt else (None, None)
-    init, train_chunk = vmap_runs(init, train_chunk)
-    state = spread_runs(args, init(keys, params, norm), len(seeds))
-    evaluate = jit(jax.vmap(evaluate))
-    try:
-        if args.eval_only:
-            returns = evaluate_runs(evaluate, state, seeds, 0, loggers)
-            print(f"eval/episodic_return {returns.mean():.2f} over {args.num_eval_envs} episodes per seed")
-            for logger in loggers:
-                logger.close()
-        else:
-            train_loop(args, state, train_chunk, evaluate, seeds=seeds, run_dirs=run_dirs, loggers=loggers,
-                       configs=configs, batch_size=steps_per_log, num_updates=num_logs, per_chunk=per_chunk)
-    finally:
-        env.close()
-        eval_env.close()
+    # the training env returns raw observations: the buffer stores them, the learner normalises on use
+    exp = open_experiment(args, [{}], iterations_per_log * args.num_envs, discrete=False, raw_obs=True,
+                          check_spec=partial(check_buffer_memory, args))
+    init, train_chunk, evaluate = make_train(args, exp.env, exp.eval_env, iterations_per_log, exp.logs_per_chunk)
+    train_or_evaluate(args, exp, ckpt, *vmap_runs(init, train_chunk), jax.vmap(evaluate), donate=True)
 
 
 if __name__ == "__main__":

@@ -1,23 +1,22 @@
-"""One functional env interface for Gymnasium vector envs and JAX-native (Brax) envs.
+"""One functional env interface for Gymnasium vector envs and JAX-native (Brax, gymnax) envs, and the owner of
+the observation and return statistics used for normalisation:
 
     state, obs = env.reset(key, norm=None)
     state, obs, reward, terminated, truncated, final_obs, episode = env.step(state, action)
 
-Both work inside `jax.lax.scan` and `jax.vmap`. Envs reset themselves when an episode ends; `final_obs`
-is then the true last observation of the finished episode (else it equals `obs`), and `episode` carries
-the raw (unnormalised) return and length of episodes that finished on this step.
-
-Env ids: Gymnasium ids as they are (`Hopper-v4`); JAX-native envs by prefix: `brax/NAME` (`brax/ant`),
-`gymnax/NAME` (`gymnax/CartPole-v1`).
+Both work inside `jax.lax.scan` and `jax.vmap`. Envs reset themselves when an episode ends; `final_obs` is then
+the true last observation of the finished episode (else it equals `obs`), and `episode` carries the raw return
+and length of episodes that finished on this step. Ids: Gymnasium's (`Hopper-v4`), `brax/NAME`, `gymnax/NAME`.
 """
 import os
+import types
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common.config import UsageError, suggest
+from common.cli import UsageError, suggest
 
 BRAX_BACKENDS = ("generalized", "positional", "spring", "mjx")
 
@@ -32,22 +31,26 @@ class EnvSpec(NamedTuple):
     max_episode_steps: int | None
 
 
-class RunningStats(NamedTuple):
+class RunningStats(NamedTuple):  # count starts at 1e-4 as in Gymnasium's RunningMeanStd
     mean: jax.Array
     var: jax.Array
     count: jax.Array
 
 
 class NormStats(NamedTuple):
-    """Observation statistics and discounted-return statistics (for reward scaling)."""
-    obs: RunningStats
-    ret: RunningStats
+    obs: RunningStats  # of observations
+    ret: RunningStats  # of the discounted return, for reward scaling
 
 
 class EpisodeStats(NamedTuple):
     done: jax.Array  # an episode ended on this step
     episode_return: jax.Array  # its raw return (valid where done)
     episode_length: jax.Array
+
+    def sums(self) -> dict:
+        """The metrics from which the runner logs the mean return and length of the episodes that ended."""
+        return {"episodes": self.done.sum(), "return_sum": jnp.where(self.done, self.episode_return, 0.0).sum(),
+                "length_sum": jnp.where(self.done, self.episode_length, 0).sum()}
 
 
 class EnvState(NamedTuple):
@@ -64,22 +67,19 @@ class Env(NamedTuple):
     spec: EnvSpec
     num_envs: int
     close: Callable
+    observe: Callable  # observe(norm, raw_obs): what the agent sees (normalised with the statistics, if on)
 
 
 def init_stats(shape: tuple) -> RunningStats:
-    # count starts tiny (not zero) as in Gymnasium's RunningMeanStd, so the first update dominates.
     return RunningStats(jnp.zeros(shape, jnp.float32), jnp.ones(shape, jnp.float32), jnp.float32(1e-4))
 
 
 def update_stats(stats: RunningStats, batch: jax.Array) -> RunningStats:
     """Merge a batch (leading axis) into running mean/variance (Chan et al.'s parallel Welford)."""
-    n = batch.shape[0]
-    mean, var = batch.mean(0), batch.var(0)
-    delta = mean - stats.mean
-    total = stats.count + n
-    new_mean = stats.mean + delta * n / total
+    n, mean, var = batch.shape[0], batch.mean(0), batch.var(0)
+    delta, total = mean - stats.mean, stats.count + n
     m2 = stats.var * stats.count + var * n + delta**2 * stats.count * n / total
-    return RunningStats(new_mean, m2 / total, total)
+    return RunningStats(stats.mean + delta * n / total, m2 / total, total)
 
 
 def normalize(stats: RunningStats, x: jax.Array, clip: float) -> jax.Array:
@@ -94,27 +94,20 @@ def _where(mask, a, b):
 def _brax_recorder(env, video_dir: str, num_copies: int, limit: int) -> Callable:
     """Host side of --capture-video for Brax: films the first episode of env 0 of the first seed in every
     `limit` steps (one evaluation), as RecordVideo does for Gymnasium, rendered with MuJoCo at its end."""
-    import types
-
     from brax.io import image
     from moviepy import ImageSequenceClip
-
     rec = {"calls": 0, "states": None}  # states: the episode being filmed, None between films
 
     def record(q, qd, done):
-        # under vmap the callback runs once per seed, in order; only the first seed's env 0 is filmed
-        step, copy = divmod(rec["calls"], num_copies)
+        step, copy = divmod(rec["calls"], num_copies)  # under vmap: once per seed, in order; seed 0 is filmed
         rec["calls"] += 1
-        if copy:
-            return
-        if step % limit == 0:
+        if copy == 0 and step % limit == 0:
             rec["states"] = []
-        if rec["states"] is None:
+        if copy or rec["states"] is None:
             return
         rec["states"].append(types.SimpleNamespace(q=np.asarray(q), qd=np.asarray(qd)))
         if done or step % limit == limit - 1:
-            frames = image.render_array(env.sys, rec["states"])
-            rec["states"] = None
+            frames, rec["states"] = image.render_array(env.sys, rec["states"]), None
             os.makedirs(video_dir, exist_ok=True)
             ImageSequenceClip(frames, fps=round(1 / float(env.dt))).write_videofile(
                 os.path.join(video_dir, f"rl-video-step-{step - step % limit}.mp4"), logger=None)
@@ -122,10 +115,8 @@ def _brax_recorder(env, video_dir: str, num_copies: int, limit: int) -> Callable
     return record
 
 
-def _brax_env(name: str, num_envs: int, max_steps: int, backend: str, true_reset: bool,
-              video_dir: str | None, num_copies: int):
+def _brax_env(name: str, num_envs: int, max_steps: int, backend: str, true_reset: bool, video_dir, num_copies):
     from brax import envs as brax_envs
-
     env = brax_envs.get_environment(name, backend=backend)
     record = _brax_recorder(env, video_dir, num_copies, max_steps) if video_dir else None
 
@@ -135,40 +126,34 @@ def _brax_env(name: str, num_envs: int, max_steps: int, backend: str, true_reset
 
     def step(state, action):
         s, steps, key, first = state
-        s = jax.vmap(env.step)(s, action)
-        steps = steps + 1
+        s, steps = jax.vmap(env.step)(s, action), steps + 1
         terminated = s.done > 0
         truncated = (steps >= max_steps) & ~terminated
         done = terminated | truncated
         if true_reset:  # fresh random start states; the cond skips the reset cost on most steps
             key, sub = jax.random.split(key)
-            fresh = jax.lax.cond(done.any(), lambda: jax.vmap(env.reset)(jax.random.split(sub, num_envs)),
-                                 lambda: s)
-        else:  # Brax's own trainers: every env restarts from its first start state
+            fresh = jax.lax.cond(done.any(), lambda: jax.vmap(env.reset)(jax.random.split(sub, num_envs)), lambda: s)
+        else:  # as Brax's own trainers: every env restarts from its first start state
             fresh = first
-        reward, final_obs = s.reward, s.obs
         if record is not None:  # a debug callback: kept although nothing depends on it
             jax.debug.callback(record, s.pipeline_state.q[0], s.pipeline_state.qd[0], done[0])
-        s = _where(done, fresh, s)
+        reward, final_obs, s = s.reward, s.obs, _where(done, fresh, s)
         return (s, jnp.where(done, 0, steps), key, first), s.obs, reward, terminated, truncated, final_obs
 
-    spec = EnvSpec(f"brax/{name}", (env.observation_size,), False, env.action_size,
-                   -np.ones(env.action_size, np.float32), np.ones(env.action_size, np.float32), max_steps)
+    bound = np.ones(env.action_size, np.float32)
+    spec = EnvSpec(f"brax/{name}", (env.observation_size,), False, env.action_size, -bound, bound, max_steps)
     return reset, step, spec, lambda: None
 
 
 def _gymnax_env(name: str, num_envs: int, max_steps: int | None):
     import gymnax
-
     env, params = gymnax.make(name)
     if max_steps is not None:
         params = params.replace(max_steps_in_episode=max_steps)
     limit = params.max_steps_in_episode
     no_limit = params.replace(max_steps_in_episode=2**30)  # is_terminal without the time limit
     vreset = jax.vmap(env.reset, in_axes=(0, None))
-
-    def flat(obs):  # every network here is an MLP: MinAtar's 10x10xC grids arrive as vectors
-        return obs.reshape(num_envs, -1).astype(jnp.float32)
+    flat = lambda obs: obs.reshape(num_envs, -1).astype(jnp.float32)  # noqa: E731 (MinAtar's grids, for MLPs)
 
     def reset(key):
         obs, s = vreset(jax.random.split(key, num_envs), params)
@@ -189,40 +174,33 @@ def _gymnax_env(name: str, num_envs: int, max_steps: int | None):
         return (_where(done, fresh, s), key), next_obs, reward.astype(jnp.float32), terminated, truncated, obs
 
     space = env.action_space(params)
-    discrete = hasattr(space, "n")
-    shape = () if discrete else space.shape
+    discrete, shape = hasattr(space, "n"), getattr(space, "shape", ())
+    bounds = [None if discrete else np.broadcast_to(getattr(space, bound), shape).astype(np.float32)
+              for bound in ("low", "high")]
     spec = EnvSpec(f"gymnax/{name}", (int(np.prod(env.observation_space(params).shape)),), discrete,
-                   int(space.n) if discrete else int(np.prod(shape)),
-                   None if discrete else np.broadcast_to(space.low, shape).astype(np.float32),
-                   None if discrete else np.broadcast_to(space.high, shape).astype(np.float32), int(limit))
+                   int(space.n) if discrete else int(np.prod(shape)), *bounds, int(limit))
     return reset, step, spec, lambda: None
 
 
-def _gym_env(env_id: str, num_envs: int, num_copies: int, max_steps: int | None, asynchronous: bool,
-             video_dir: str | None):
+def _gym_env(env_id: str, num_envs: int, num_copies: int, max_steps: int | None, asynchronous: bool, video_dir):
     import gymnasium as gym
-
     total = num_envs * num_copies
     limit = max_steps if max_steps is not None else gym.spec(env_id).max_episode_steps
 
     def make_one(i):
         record = video_dir is not None and i == 0
         e = gym.make(env_id, max_episode_steps=max_steps, render_mode="rgb_array" if record else None)
-        if not record:
-            return e
         # each evaluation steps every env exactly `limit` times, so this films its first episode
-        return gym.wrappers.RecordVideo(e, video_dir, step_trigger=lambda t: t % limit == 0, video_length=0)
+        return gym.wrappers.RecordVideo(e, video_dir, step_trigger=lambda t: t % limit == 0, video_length=0) \
+            if record else e
 
-    fns = [lambda i=i: make_one(i) for i in range(total)]
     vector = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
     # SAME_STEP: the step that ends an episode returns the reset observation and the true final one in
     # info, so no reset transition ever reaches the learner (Gymnasium 1.x defaults to NEXT_STEP).
-    venv = vector(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-    space = venv.single_action_space
+    venv = vector([lambda i=i: make_one(i) for i in range(total)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    space, obs_shape = venv.single_action_space, venv.single_observation_space.shape
     discrete = isinstance(space, gym.spaces.Discrete)
-    obs_shape = venv.single_observation_space.shape
-    act_shape = () if discrete else space.shape
-    act_dtype = np.int32 if discrete else np.float32
+    act_shape, act_dtype = ((), np.int32) if discrete else (space.shape, np.float32)
 
     # Callbacks see a leading axis per vmapped seed (vmap_method="broadcast_all"); all seeds step one
     # host vector env of num_copies * num_envs envs, so --num-seeds costs one callback per step.
@@ -230,20 +208,17 @@ def _gym_env(env_id: str, num_envs: int, num_copies: int, max_steps: int | None,
         seed = np.asarray(seed)
         if seed.size != num_copies:
             raise ValueError(f"env built for {num_copies} seed copies, got {seed.size}")
-        seeds = (seed.reshape(-1, 1) + np.arange(num_envs)).reshape(-1)
-        obs, _ = venv.reset(seed=[int(s) for s in seeds])
+        obs, _ = venv.reset(seed=[int(s) for s in (seed.reshape(-1, 1) + np.arange(num_envs)).reshape(-1)])
         return np.zeros(seed.shape, np.int32), obs.astype(np.float32).reshape(seed.shape + (num_envs,) + obs_shape)
 
     def host_step(token, action):
         token, action = np.asarray(token), np.asarray(action)  # convert once; indexing jax Arrays is slow
-        lead = token.shape
         obs, reward, terminated, truncated, info = venv.step(action.reshape((total,) + act_shape))
         obs = obs.astype(np.float32)
         final_obs = obs.copy()
-        if "_final_obs" in info:
-            for i in np.flatnonzero(info["_final_obs"]):
-                final_obs[i] = info["final_obs"][i]
-        shape = lead + (num_envs,)
+        for i in np.flatnonzero(info.get("_final_obs", [])):
+            final_obs[i] = info["final_obs"][i]
+        shape = token.shape + (num_envs,)
         return (token + 1, obs.reshape(shape + obs_shape), reward.astype(np.float32).reshape(shape),
                 terminated.reshape(shape), truncated.reshape(shape), final_obs.reshape(shape + obs_shape))
 
@@ -259,42 +234,40 @@ def _gym_env(env_id: str, num_envs: int, num_copies: int, max_steps: int | None,
         # The token threads host-env order through the program even when actions ignore observations.
         return jax.pure_callback(host_step, out, token, action.astype(act_dtype), vmap_method="broadcast_all")
 
-    spec = EnvSpec(env_id, obs_shape, discrete, int(space.n) if discrete else int(np.prod(act_shape)),
-                   None if discrete else space.low.astype(np.float32),
-                   None if discrete else space.high.astype(np.float32), limit)
+    bounds = (None, None) if discrete else (space.low.astype(np.float32), space.high.astype(np.float32))
+    spec = EnvSpec(env_id, obs_shape, discrete, int(space.n) if discrete else int(np.prod(act_shape)), *bounds, limit)
     return reset, step, spec, venv.close
 
 
 def check_env_id(env_id: str) -> None:
     """Fail fast, before anything is built, on ids no backend knows."""
-    if env_id.startswith("brax/"):
+    backend, _, name = env_id.partition("/") if env_id.startswith(("brax/", "gymnax/")) else ("", "", env_id)
+    if backend == "brax":
         from brax import envs as brax_envs
-        name, known = env_id[5:], sorted(brax_envs._envs)
-        if name not in known:
-            raise UsageError(f"unknown Brax env '{name}'{suggest(name, known)}; Brax envs: {', '.join(known)}")
-    elif env_id.startswith("gymnax/"):
+        known = sorted(brax_envs._envs)
+    elif backend == "gymnax":
         import gymnax
-        name, known = env_id[7:], gymnax.registered_envs
-        if name not in known:
-            raise UsageError(f"unknown gymnax env '{name}'{suggest(name, known)}; gymnax envs: {', '.join(known)}")
+        known = gymnax.registered_envs
     else:
         import gymnasium as gym
-        if env_id not in gym.registry:
-            hint = suggest(env_id, gym.registry.keys()) or " (Brax envs are named brax/NAME, e.g. brax/ant)"
-            raise UsageError(f"unknown env id '{env_id}'{hint}; pick a registered Gymnasium id")
+        known = gym.registry.keys()
+    if name not in known:
+        label = {"brax": "Brax", "gymnax": "gymnax"}.get(backend)
+        hint = suggest(name, known) or ("" if backend else " (Brax envs are named brax/NAME, e.g. brax/ant)")
+        what, listing = (f"{label} env", f"{label} envs: {', '.join(known)}") if backend else \
+            ("env id", "pick a registered Gymnasium id")
+        raise UsageError(f"unknown {what} '{name}'{hint}; {listing}")
 
 
 def make_env(env_id: str, num_envs: int, *, num_copies: int = 1, max_episode_steps: int | None = None,
              normalize_obs: bool = False, normalize_reward: bool = False, gamma: float = 0.99,
              reward_scale: float = 1.0, clip: float = 10.0, freeze_stats: bool = False,
              brax_backend: str = "generalized", brax_true_reset: bool = True, asynchronous: bool = False,
-             video_dir: str | None = None) -> Env:
+             video_dir: str | None = None, raw_obs: bool = False) -> Env:
     """Build an env; `num_copies` is the number of vmapped seeds that will share it (Gymnasium) or be
-    stepped one after another by its video callback (Brax).
-
-    With `freeze_stats=True` the normalisation statistics passed to `reset` stay frozen (evaluation).
-    Continuous actions are clipped to the action bounds.
-    """
+    stepped one after another by its video callback (Brax). With `freeze_stats=True` the statistics passed
+    to `reset` stay frozen (evaluation). With `raw_obs=True` the statistics are kept but observations are
+    returned raw, for `env.observe` on use (a replay buffer). Continuous actions are clipped to the bounds."""
     check_env_id(env_id)
     if env_id.startswith("brax/"):
         if brax_backend not in BRAX_BACKENDS:
@@ -307,20 +280,18 @@ def make_env(env_id: str, num_envs: int, *, num_copies: int = 1, max_episode_ste
         base_reset, base_step, spec, close = _gym_env(env_id, num_envs, num_copies, max_episode_steps,
                                                       asynchronous, video_dir)
 
-    def fresh_norm():
-        return NormStats(init_stats(spec.obs_shape), init_stats(()))
-
     def observe(norm, obs):
         return normalize(norm.obs, obs, clip) if normalize_obs else obs
 
+    out = (lambda norm, obs: obs) if raw_obs else observe
+
     def reset(key, norm=None):
         inner, obs = base_reset(key)
-        norm = fresh_norm() if norm is None else norm
+        norm = NormStats(init_stats(spec.obs_shape), init_stats(())) if norm is None else norm
         if normalize_obs and not freeze_stats:
             norm = norm._replace(obs=update_stats(norm.obs, obs))
         zeros = jnp.zeros(num_envs, jnp.float32)
-        state = EnvState(inner, zeros, jnp.zeros(num_envs, jnp.int32), zeros, norm)
-        return state, observe(norm, obs)
+        return EnvState(inner, zeros, jnp.zeros(num_envs, jnp.int32), zeros, norm), out(norm, obs)
 
     def step(state, action):
         if not spec.discrete:
@@ -328,8 +299,7 @@ def make_env(env_id: str, num_envs: int, *, num_copies: int = 1, max_episode_ste
         inner, obs, reward, terminated, truncated, final_obs = base_step(state.inner, action)
         done = terminated | truncated
         ep_return, ep_length = state.episode_return + reward, state.episode_length + 1
-        discounted = state.discounted_return * gamma + reward
-        norm = state.norm
+        discounted, norm = state.discounted_return * gamma + reward, state.norm
         if normalize_obs and not freeze_stats:
             norm = norm._replace(obs=update_stats(norm.obs, obs))
         if normalize_reward and not freeze_stats:
@@ -339,8 +309,6 @@ def make_env(env_id: str, num_envs: int, *, num_copies: int = 1, max_episode_ste
         state = EnvState(inner, jnp.where(done, 0.0, ep_return), jnp.where(done, 0, ep_length),
                          jnp.where(done, 0.0, discounted), norm)
         episode = EpisodeStats(done, ep_return, ep_length)
-        return (state, observe(norm, obs), reward * reward_scale, terminated, truncated,
-                observe(norm, final_obs), episode)
+        return state, out(norm, obs), reward * reward_scale, terminated, truncated, out(norm, final_obs), episode
 
-    return Env(reset, step, spec, num_envs, close)
-
+    return Env(reset, step, spec, num_envs, close, observe)

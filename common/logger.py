@@ -1,18 +1,23 @@
 """Run directories, metric logging (TensorBoard, CSV, optional wandb) and checkpoints."""
 import csv
+import json
 import os
-import pickle
 import shutil
 import socket
 import time
 
 import jax
 import numpy as np
+from flax import serialization
 from tensorboardX import FileWriter
 from tensorboardX.proto.summary_pb2 import Summary
 from tensorboardX.summary import text
 
-from common.config import UsageError
+from common.cli import UsageError
+
+CHECKPOINT_FORMAT = "jax-rl checkpoint 1"
+# flags that shape the network and its inputs: --load-model takes them from the checkpoint
+MODEL_FLAGS = ("env_id", "actor_hidden", "critic_hidden", "activation", "normalize_obs")
 
 
 def run_name(env_id: str, exp_name: str, seed: int | str, stamp: int) -> str:
@@ -38,12 +43,9 @@ def _wandb_reachable(timeout: float = 3.0) -> bool:
 
 
 class RunLogger:
-    """Writes every metric to TensorBoard and `metrics.csv` (long format) in the run directory. The training
-    loop flushes after every chunk and on close, so an interrupted run keeps what it logged (a flush, with
-    TensorBoard's fsync, after every row took 6 of the 37 s of an 8-seed CartPole run).
-
-    A row is one TensorBoard event holding all its scalars: SummaryWriter.add_scalar, an event per value,
-    spent ~9 s of an 8-seed gymnax CartPole run's ~22 s training loop."""
+    """Writes every metric to TensorBoard and `metrics.csv` (long format) in the run directory, one TensorBoard
+    event per row. The training loop flushes after every chunk and on close, so an interrupted run keeps what
+    it logged."""
 
     def __init__(self, path: str, name: str, config: dict, track: bool = False,
                  wandb_project: str = "cleanRL", wandb_entity: str | None = None):
@@ -120,22 +122,50 @@ class MeanLogger:
 
 
 def save_checkpoint(path: str, params, norm, config: dict) -> None:
-    """Parameters, normalisation statistics and config in one pickle, written atomically."""
-    blob = {"params": jax.tree.map(np.asarray, params), "norm": jax.tree.map(np.asarray, norm), "config": config}
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        pickle.dump(blob, f)
-    os.replace(tmp, path)
+    """Parameters and normalisation statistics (msgpack, flax's serialisation) with the config as JSON: data
+    only, unlike a pickle, which runs whatever code it holds when loaded. Written atomically."""
+    blob = {"format": CHECKPOINT_FORMAT, "config": json.dumps(config),
+            "params": serialization.to_state_dict(jax.tree.map(np.asarray, params)),
+            "norm": serialization.to_state_dict(jax.tree.map(np.asarray, norm))}
+    with open(path + ".tmp", "wb") as f:
+        f.write(serialization.msgpack_serialize(blob))
+    os.replace(path + ".tmp", path)
 
 
-def load_checkpoint(path: str) -> dict:
+def load_checkpoint(path: str, args) -> dict:
+    """Read a checkpoint written by --save-model, refusing anything else, and set `args`' MODEL_FLAGS to the
+    saved ones, so the network and env match the parameters. Returns {"params", "norm", "config"}, the first
+    two as state dicts for `restore`."""
     try:
         with open(path, "rb") as f:
-            return pickle.load(f)
+            blob = serialization.msgpack_restore(f.read())
+        if not (isinstance(blob, dict) and blob.get("format") == CHECKPOINT_FORMAT):
+            raise ValueError("no checkpoint header")
+        blob["config"] = json.loads(blob["config"])
     except FileNotFoundError:
         raise UsageError(f"model file '{path}' not found; pass the path of a saved model (runs/NAME/model.ckpt)")
-    except (pickle.UnpicklingError, EOFError, KeyError) as e:
-        raise UsageError(f"model file '{path}' is not a checkpoint written by --save-model ({e})")
+    except Exception as e:  # msgpack, JSON or header: whatever the file holds, it is not run
+        raise UsageError(f"model file '{path}' is not a checkpoint written by --save-model ({type(e).__name__}: "
+                         f"{str(e)[:80]}); pass a model.ckpt from runs/")
+    for name in MODEL_FLAGS:
+        if hasattr(args, name) and name in blob["config"]:
+            setattr(args, name, type(getattr(args, name))(blob["config"][name]))
+    return blob
+
+
+def restore(blob: dict, params, norm):
+    """The checkpoint's parameters and statistics in the structure of `params` and `norm` (abstract values with a
+    leading runs axis will do); a mismatch is a usage error."""
+    try:
+        out = (serialization.from_state_dict(params, blob["params"]), serialization.from_state_dict(norm, blob["norm"]))
+        ok = jax.tree.map(lambda x, t: np.shape(x) == tuple(t.shape[1:]), out, (params, norm))
+    except (KeyError, ValueError, TypeError) as e:
+        raise UsageError(f"the model file does not fit this script's network ({e}); load it with the script "
+                         f"that saved it")
+    if not all(jax.tree.leaves(ok)):
+        raise UsageError("the model file's arrays do not have this network's shapes; load it with the script and "
+                         "flags that saved it")
+    return out
 
 
 class TrainProgress:

@@ -1,4 +1,4 @@
-"""Plain-function MLPs: params are a list of {"w", "b"} dicts, so they jit, vmap and pickle as they are."""
+"""Plain-function MLPs: params are a list of {"w", "b"} dicts, so they jit, vmap and serialise as they are."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,19 +21,18 @@ def orthonormal_columns(z: jax.Array) -> jax.Array:
 
 def mlp_init(key: jax.Array, sizes: tuple, out_scale: float, hidden_scale: float = float(np.sqrt(2))) -> list:
     """Orthogonal weights with gain `hidden_scale` (last layer `out_scale`) and zero biases, as in CleanRL.
-    One Gaussian draw and one Gram-Schmidt loop serve all layers (zero-padded to one shape): on CPU each
-    random draw or LAPACK QR per layer added compile time, and vmapped QR calls deadlocked XLA's threads."""
+    Not jax.nn.initializers.orthogonal: its LAPACK QR, vmapped over seeds, still deadlocks XLA's CPU thread
+    pool on the pinned JAX (2 of 6 tries hung); one zero-padded Gram-Schmidt loop serves all layers."""
     shapes = [(max(n_in, n_out), min(n_in, n_out)) for n_in, n_out in zip(sizes[:-1], sizes[1:])]
-    rows, cols = max(r for r, _ in shapes), max(c for _, c in shapes)
-    mask = np.zeros((len(shapes), rows, cols), np.float32)
+    mask = np.zeros((len(shapes), max(r for r, _ in shapes), max(c for _, c in shapes)), np.float32)
     for i, (r, c) in enumerate(shapes):
         mask[i, :r, :c] = 1
     q = orthonormal_columns(jax.random.normal(key, mask.shape, jnp.float32) * mask)
     layers = []
     for i, ((r, c), n_in, n_out) in enumerate(zip(shapes, sizes[:-1], sizes[1:])):
         w = q[i, :r, :c] if n_in >= n_out else q[i, :r, :c].T
-        scale = out_scale if i == len(shapes) - 1 else hidden_scale
-        layers.append({"w": scale * w, "b": jnp.zeros(n_out, jnp.float32)})
+        layers.append({"w": (out_scale if i == len(shapes) - 1 else hidden_scale) * w,
+                       "b": jnp.zeros(n_out, jnp.float32)})
     return layers
 
 
