@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,7 +59,11 @@ def test_same_numbers_as_recorded(name, tmp_path):
     for run_dir in expected:
         assert sorted(got[run_dir]) == sorted(expected[run_dir]), run_dir
         for metric, rows in expected[run_dir].items():
-            assert got[run_dir][metric] == rows, (run_dir, metric)
+            # steps equal; values to float32 rounding (a Python constant that became a traced float32 knob
+            # rounds differently in the last bit, and a few updates carry that no further than ~1e-5)
+            np.testing.assert_array_equal(np.array(got[run_dir][metric])[:, 0], np.array(rows)[:, 0])
+            np.testing.assert_allclose(np.array(got[run_dir][metric])[:, 1], np.array(rows)[:, 1], rtol=1e-4,
+                                       atol=1e-6, err_msg=f"{run_dir} {metric}")
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--record"]:
