@@ -231,13 +231,18 @@ def make_train(args, env, eval_env, iterations_per_log, logs_per_chunk):
         params = {**params, "qf_target": target}
         return (params, opt_state, buffer, norm, size, key), {**metrics, **actor_metrics}
 
-    def env_step(state, _):
+    def train_iteration(state, _):
+        """One vector-env step, then grad_updates_per_step Q updates once learning has started."""
         params, opt_state, env_state, obs, buffer, key, iteration = state
         key, k_random, k_policy, k_update = jax.random.split(key, 4)
+
+        # --- act: uniform random actions until learning starts, then the policy's samples ---
         random_action = jax.random.uniform(k_random, (args.num_envs, action_dim), minval=spec.action_low,
                                            maxval=spec.action_high)
         policy_action, _ = sample_action(params["actor"], env.observe(env_state.norm, obs), k_policy)
         action = jnp.where(iteration < learning_starts, random_action, policy_action)
+
+        # --- step and store: the true final observation at an episode's end, termination as terminal ---
         env_state, next_obs, reward, terminated, truncated, final_obs, episode = env.step(env_state, action)
         terminal = terminated if args.bootstrap_truncation else terminated | truncated
         row = (iteration * args.num_envs) % capacity
@@ -246,6 +251,7 @@ def make_train(args, env, eval_env, iterations_per_log, logs_per_chunk):
         norm = env_state.norm  # updated with the new observations, as Brax updates its normaliser
         size = jnp.minimum((iteration + 1) * args.num_envs, capacity)
 
+        # --- learn: Q updates on fresh batches, the actor and alpha on the delayed schedule ---
         def learn():
             first = (iteration - learning_starts) * args.grad_updates_per_step
             carry, m = jax.lax.scan(update, (params, opt_state, buffer, norm, size, k_update),
@@ -258,7 +264,7 @@ def make_train(args, env, eval_env, iterations_per_log, logs_per_chunk):
                                                                                                **episode.sums()}
 
     def log_interval(state, _):
-        state, m = jax.lax.scan(env_step, state, None, iterations_per_log)
+        state, m = jax.lax.scan(train_iteration, state, None, iterations_per_log)
         summed = {k: m.pop(k).sum() for k in ("episodes", "return_sum", "length_sum")}
         return state, {**jax.tree.map(jnp.nanmean, m), **summed}  # NaN (not logged) before learning starts
 

@@ -18,9 +18,8 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common.config import setup_jax  # noqa: E402
 from common.envs import make_env  # noqa: E402
-from common.runner import jit, spread_runs  # noqa: E402
+from common.runner import jit, setup_jax, spread_runs  # noqa: E402
 from ppo_discrete import SWEEPABLE, Args, make_train  # noqa: E402
 
 

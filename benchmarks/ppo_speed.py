@@ -19,10 +19,10 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common.config import parse_args, setup_jax  # noqa: E402
+from common.cli import parse_args  # noqa: E402
 from common.envs import make_env  # noqa: E402
-from common.runner import jit  # noqa: E402
-from ppo_continuous import Args, make_train  # noqa: E402
+from common.runner import jit, setup_jax  # noqa: E402
+from ppo_continuous import SWEEPABLE, Args, make_train  # noqa: E402
 
 PRESET = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       "configs", "ppo_continuous_hopper_cleanrl.yaml")
@@ -47,7 +47,7 @@ def ppo_rates(env_id, num_envs, updates):
     env = make_env(args.env_id, args.num_envs, normalize_obs=True, normalize_reward=True)
     eval_env = make_env(args.env_id, 1, normalize_obs=True, freeze_stats=True)
     init, train_chunk, _ = make_train(args, env, eval_env, 1)
-    state = init(jax.random.PRNGKey(0))
+    state = init(jax.random.PRNGKey(0), {k: jax.numpy.float32(getattr(args, k)) for k in SWEEPABLE})
     batch = args.num_envs * args.num_steps
 
     # nearly the rollout alone: the same scan with one full-batch gradient step instead of 320 minibatch steps

@@ -18,8 +18,9 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common.config import parse_args, setup_jax  # noqa: E402
+from common.cli import parse_args  # noqa: E402
 from common.envs import Env, EpisodeStats, make_env  # noqa: E402
+from common.runner import jit, jit_chunk, setup_jax  # noqa: E402
 from sac import Args, make_train, vmap_runs  # noqa: E402
 
 PRESET = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
@@ -36,12 +37,13 @@ def zero_env(real: Env) -> Env:
         zeros, flags = jnp.zeros(n) + action.sum() * 0, jnp.zeros(n, bool)
         return state, obs0, zeros, flags, flags, obs0, EpisodeStats(flags, zeros, jnp.zeros(n, jnp.int32))
 
-    return Env(lambda key, norm=None: (state0, obs0), step, real.spec, n, lambda: None)
+    return Env(lambda key, norm=None: (state0, obs0), step, real.spec, n, lambda: None, real.observe)
 
 
 def steps_per_second(args, env, steps_per_chunk, chunks):
     init, train_chunk, _ = make_train(args, env, env, steps_per_chunk, 1)
     init, chunk = vmap_runs(init, train_chunk)
+    init, chunk = jit(init), jit_chunk(chunk, donate=True)
     state = init(jax.random.PRNGKey(0)[None], None, None)
     start = time.perf_counter()
     state, _ = chunk(state)

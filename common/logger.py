@@ -91,34 +91,30 @@ class RunLogger:
 
 
 class MeanLogger:
-    """Stands in for the loggers of many seeds that share one directory: each metric is written as the
-    mean over the seeds that logged it at a step, once the step changes (or on close)."""
+    """Stands in for the loggers of many seeds that share one directory: each metric is written as the mean
+    over the seeds that logged it at a step, once the step changes (or on flush and close)."""
 
     def __init__(self, logger: RunLogger):
         self.logger, self.step, self.values = logger, None, {}
 
     def log(self, step: int, metrics: dict) -> None:
         if step != self.step:
-            self.write_means()
+            self.flush(write_only=True)
             self.step = step
         for key, value in metrics.items():
             self.values.setdefault(key, []).append(float(value))
 
-    def write_means(self) -> None:
+    def flush(self, write_only: bool = False) -> None:
         if self.values:
             self.logger.log(self.step, {k: np.mean(v) for k, v in self.values.items()})
             self.values = {}
-
-    def flush(self) -> None:
-        if self.logger is not None:
-            self.write_means()
+        if not write_only and not self.logger.csv_file.closed:
             self.logger.flush()
 
     def close(self) -> None:  # called once per seed
-        if self.logger is not None:
-            self.write_means()
+        if not self.logger.csv_file.closed:
+            self.flush()
             self.logger.close()
-            self.logger = None
 
 
 def save_checkpoint(path: str, params, norm, config: dict) -> None:
@@ -166,20 +162,3 @@ def restore(blob: dict, params, norm):
         raise UsageError("the model file's arrays do not have this network's shapes; load it with the script and "
                          "flags that saved it")
     return out
-
-
-class TrainProgress:
-    """A progress bar over env steps with a free-text field (SPS, latest returns)."""
-
-    def __init__(self, total_steps: int):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-        self.progress = Progress(TextColumn("steps"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                 TextColumn("{task.fields[info]}"))
-        self.task = self.progress.add_task("train", total=total_steps, info="compiling...")
-        self.progress.start()
-
-    def update(self, step: int, info: str) -> None:
-        self.progress.update(self.task, completed=step, info=info)
-
-    def close(self) -> None:
-        self.progress.stop()

@@ -9,6 +9,7 @@ shape (runs, log rows) where keys containing "/" are logged as they are and `epi
 import dataclasses
 import itertools
 import os
+import shutil
 import time
 from typing import NamedTuple
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from common.cli import Diverged, UsageError, check_interrupted
 from common.envs import make_env
-from common.logger import MeanLogger, RunLogger, TrainProgress, prepare_run_dir, restore, run_name, save_checkpoint
+from common.logger import MeanLogger, RunLogger, prepare_run_dir, restore, run_name, save_checkpoint
 
 # More runs than this share one directory per experiment name, logging the mean over their seeds.
 MAX_RUN_DIRS = 64
@@ -120,7 +121,7 @@ class Experiment(NamedTuple):
     env: object  # training env for all runs
     eval_env: object
     settings: list  # sweep settings; each trains every seed
-    seeds: list  # per run: (setting, seed) pairs, setting-major
+    seeds: list  # per run (runs are setting-major: every seed of the first setting, then the next)
     run_dirs: list
     loggers: list
     configs: list
@@ -203,7 +204,16 @@ def train_or_evaluate(args, exp: Experiment, ckpt, init, train_chunk, evaluate, 
     params, norm = None, None
     if ckpt is not None:
         shapes = jax.eval_shape(init, keys, *init_args, None, None)
-        params, norm = restore(ckpt, shapes.params, shapes.env_state.norm)
+        try:
+            params, norm = restore(ckpt, shapes.params, shapes.env_state.norm)
+        except UsageError:  # nothing ran: leave no empty run directories behind
+            for logger in exp.loggers:
+                logger.close()
+            for run_dir in set(exp.run_dirs):
+                shutil.rmtree(run_dir, ignore_errors=True)
+            exp.env.close()
+            exp.eval_env.close()
+            raise
     state = spread_runs(args, jit(init)(keys, *init_args, params, norm), len(exp.seeds))
     train_chunk, evaluate = jit_chunk(train_chunk, donate), jit(evaluate)
     try:
@@ -249,7 +259,11 @@ def train_loop(args, exp: Experiment, state, train_chunk, evaluate) -> np.ndarra
     it still flushes the logs and saves the last good state (with --save-model)."""
     loggers, step_size, per_chunk = exp.loggers, exp.steps_per_log, exp.logs_per_chunk
     total = exp.num_logs * step_size
-    progress = TrainProgress(total)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    progress = Progress(TextColumn("steps"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        TextColumn("{task.fields[info]}"))
+    task = progress.add_task("train", total=total, info="compiling...")
+    progress.start()
     global_step, next_eval, last_return = 0, args.eval_every, float("nan")
     eval_returns = np.full(len(loggers), np.nan)
     completed, saved = None, False  # host copy of (params, norm) after the last good chunk
@@ -297,9 +311,10 @@ def train_loop(args, exp: Experiment, state, train_chunk, evaluate) -> np.ndarra
                     saved = True
             for logger in {id(logger): logger for logger in loggers}.values():  # seeds may share one
                 logger.flush()
-            progress.update(global_step, f"SPS {sps}  return {last_return:.1f}  eval {np.mean(eval_returns):.1f}")
+            progress.update(task, completed=global_step,
+                            info=f"SPS {sps}  return {last_return:.1f}  eval {np.mean(eval_returns):.1f}")
     finally:
-        progress.close()
+        progress.stop()
         if completed is not None and not saved:  # the end of training was saved with its evaluation
             save_runs(*completed, exp.run_dirs, exp.configs)
         for logger in loggers:
