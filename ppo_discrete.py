@@ -125,10 +125,10 @@ def init_params(key, obs_size, action_dim, args):
     return params
 
 
-def make_train(args, env, eval_env, iterations_per_chunk):
-    """Returns pure functions `init(key, hp, params=None, norm=None) -> TrainState`, `train_chunk(state) ->
-    (state, metrics)` (that many iterations, metrics per iteration) and `evaluate(params, norm, key) -> returns`.
-    `hp` holds the SWEEPABLE knobs as arrays, so one compiled program serves every setting of a sweep."""
+def make_train(args, env, eval_env):
+    """Returns pure functions `init(key, hp, params=None, norm=None) -> TrainState`, `train_iteration(state) ->
+    (state, metrics)` and `evaluate(params, norm, key) -> returns`. `hp` holds the SWEEPABLE knobs as arrays,
+    so one compiled program serves every setting of a sweep."""
     batch_size = args.num_envs * args.num_steps
     num_iterations = args.total_timesteps // batch_size
     obs_size = int(np.prod(env.spec.obs_shape))
@@ -209,7 +209,7 @@ def make_train(args, env, eval_env, iterations_per_chunk):
             stopped = stopped | (metrics["losses/approx_kl"][-1] > args.target_kl)
         return (params, opt_state, stopped), metrics
 
-    def train_iteration(state, _):
+    def train_iteration(state):
         params, opt_state, env_state, obs, key, iteration, hp = state
         lr = learning_rate(hp, iteration)
         key, k_reset, k_noise, k_epochs = jax.random.split(key, 4)
@@ -240,13 +240,10 @@ def make_train(args, env, eval_env, iterations_per_chunk):
         metrics["charts/learning_rate"] = lr
         return TrainState(params, opt_state, env_state, obs, key, iteration + 1, hp), {**metrics, **traj.episode.sums()}
 
-    def train_chunk(state):
-        return jax.lax.scan(train_iteration, state, None, iterations_per_chunk)
-
     def eval_action(params, obs):  # deterministic
         return jnp.argmax(mlp_apply(params["actor"], obs, args.activation), axis=-1)  # the likeliest action
 
-    return init, train_chunk, make_evaluate(eval_env, eval_action)
+    return init, train_iteration, make_evaluate(eval_env, eval_action)
 
 
 def check_args(args):
@@ -271,10 +268,10 @@ def main():
     ckpt = load_checkpoint(args.load_model, args) if args.load_model else None  # also sets its network flags
     settings = parse_sweep(args, SWEEPABLE, check_args)
     exp = open_experiment(args, settings, args.num_envs * args.num_steps, discrete=True)
-    init, train_chunk, evaluate = make_train(args, exp.env, exp.eval_env, exp.logs_per_chunk)
+    init, train_iteration, evaluate = make_train(args, exp.env, exp.eval_env)
     hp = {k: jnp.array([s.get(k, getattr(args, k)) for s in settings for _ in range(args.num_seeds)], jnp.float32)
           for k in SWEEPABLE if getattr(args, k) is not None}
-    train_or_evaluate(args, exp, ckpt, jax.vmap(init, in_axes=(0, 0, None, None)), jax.vmap(train_chunk),
+    train_or_evaluate(args, exp, ckpt, jax.vmap(init, in_axes=(0, 0, None, None)), jax.vmap(train_iteration),
                       jax.vmap(evaluate), hp)
 
 

@@ -120,9 +120,9 @@ def buffer_capacity(args) -> int:
     return capacity - capacity % args.num_envs
 
 
-def make_train(args, env, eval_env, iterations_per_log, logs_per_chunk):
-    """Returns pure functions `init(key, params, norm) -> TrainState`, `train_chunk(state) -> (state, metrics)`
-    (logs_per_chunk x iterations_per_log vector-env steps, metrics per log interval) and
+def make_train(args, env, eval_env):
+    """Returns pure functions `init(key, params, norm) -> TrainState`, `train_iteration(state) -> (state,
+    metrics)` (one vector-env step and its updates; losses NaN before learning starts) and
     `evaluate(params, norm, key) -> returns`."""
     spec = env.spec
     obs_size, action_dim = int(np.prod(spec.obs_shape)), spec.action_dim
@@ -231,7 +231,7 @@ def make_train(args, env, eval_env, iterations_per_log, logs_per_chunk):
         params = {**params, "qf_target": target}
         return (params, opt_state, buffer, norm, size, key), {**metrics, **actor_metrics}
 
-    def train_iteration(state, _):
+    def train_iteration(state):
         """One vector-env step, then grad_updates_per_step Q updates once learning has started."""
         params, opt_state, env_state, obs, buffer, key, iteration = state
         key, k_random, k_policy, k_update = jax.random.split(key, 4)
@@ -263,15 +263,7 @@ def make_train(args, env, eval_env, iterations_per_log, logs_per_chunk):
         return TrainState(params, opt_state, env_state, next_obs, buffer, key, iteration + 1), {**metrics,
                                                                                                **episode.sums()}
 
-    def log_interval(state, _):
-        state, m = jax.lax.scan(train_iteration, state, None, iterations_per_log)
-        summed = {k: m.pop(k).sum() for k in ("episodes", "return_sum", "length_sum")}
-        return state, {**jax.tree.map(jnp.nanmean, m), **summed}  # NaN (not logged) before learning starts
-
-    def train_chunk(state):
-        return jax.lax.scan(log_interval, state, None, logs_per_chunk)
-
-    return init, train_chunk, make_evaluate(eval_env, lambda params, obs: mean_action(params["actor"], obs))
+    return init, train_iteration, make_evaluate(eval_env, lambda params, obs: mean_action(params["actor"], obs))
 
 
 def check_args(args):
@@ -317,10 +309,10 @@ def check_buffer_memory(args, spec) -> None:
 AXES = TrainState(0, 0, 0, 0, 0, 0, None)  # vmap axes: the iteration counter is shared by all seeds
 
 
-def vmap_runs(init, train_chunk):
-    """`init(keys, params, norm)` and `train_chunk(state)` over a leading axis of runs."""
-    return jax.vmap(init, in_axes=(0, None, None), out_axes=AXES), jax.vmap(train_chunk, in_axes=(AXES,),
-                                                                            out_axes=(AXES, 0))
+def vmap_runs(init, train_iteration):
+    """`init(keys, params, norm)` and `train_iteration(state)` over a leading axis of runs."""
+    return (jax.vmap(init, in_axes=(0, None, None), out_axes=AXES),
+            jax.vmap(train_iteration, in_axes=(AXES,), out_axes=(AXES, 0)))
 
 
 def main():
@@ -329,12 +321,12 @@ def main():
     check_args(args)
     if args.eval_only:  # nothing is learnt: a replay buffer of one step instead of gigabytes
         args.buffer_size = args.num_envs
-    iterations_per_log = max(1, args.log_every // args.num_envs)
-    # the training env returns raw observations: the buffer stores them, the learner normalises on use
-    exp = open_experiment(args, [{}], iterations_per_log * args.num_envs, discrete=False, raw_obs=True,
-                          check_spec=partial(check_buffer_memory, args))
-    init, train_chunk, evaluate = make_train(args, exp.env, exp.eval_env, iterations_per_log, exp.logs_per_chunk)
-    train_or_evaluate(args, exp, ckpt, *vmap_runs(init, train_chunk), jax.vmap(evaluate), donate=True)
+    # one logged row per --log-every env steps; the training env returns raw observations: the buffer stores
+    # them, the learner normalises on use
+    exp = open_experiment(args, [{}], args.num_envs, max(1, args.log_every // args.num_envs), discrete=False,
+                          raw_obs=True, check_spec=partial(check_buffer_memory, args))
+    init, train_iteration, evaluate = make_train(args, exp.env, exp.eval_env)
+    train_or_evaluate(args, exp, ckpt, *vmap_runs(init, train_iteration), jax.vmap(evaluate), donate=True)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common.envs import make_env  # noqa: E402
-from common.runner import jit, setup_jax, spread_runs  # noqa: E402
+from common.runner import empty_row, jit, jit_chunk, make_chunk, setup_jax, spread_runs  # noqa: E402
 from ppo_discrete import SWEEPABLE, Args, make_train  # noqa: E402
 
 
@@ -28,12 +28,13 @@ def run(num_seeds, steps):
     num_updates = steps // (args.num_envs * args.num_steps)
     env = make_env(args.env_id, args.num_envs)
     eval_env = make_env(args.env_id, 10, freeze_stats=True)
-    init, train_chunk, evaluate = make_train(args, env, eval_env, num_updates)
+    init, iteration, evaluate = make_train(args, env, eval_env)
     hp = {k: jnp.full(num_seeds, getattr(args, k), jnp.float32) for k in SWEEPABLE}
     keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(num_seeds))
     start = time.perf_counter()
     state = spread_runs(args, jit(jax.vmap(init))(keys, hp), num_seeds)
-    state, _ = jit(jax.vmap(train_chunk))(state)
+    chunk = jit_chunk(make_chunk(jax.vmap(iteration), 1, num_updates))  # the whole run as one chunk
+    state, *_ = chunk(state, empty_row(jax.vmap(iteration), state), num_updates)
     returns = jit(jax.vmap(evaluate))(state.params, state.env_state.norm, keys)
     returns.block_until_ready()
     return time.perf_counter() - start, float(returns.mean()), num_updates * args.num_envs * args.num_steps

@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common.cli import parse_args  # noqa: E402
 from common.envs import make_env  # noqa: E402
-from common.runner import jit, setup_jax  # noqa: E402
+from common.runner import empty_row, jit_chunk, make_chunk, setup_jax  # noqa: E402
 from ppo_continuous import SWEEPABLE, Args, make_train  # noqa: E402
 
 PRESET = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -46,34 +46,29 @@ def ppo_rates(env_id, num_envs, updates):
     args = parse_args(Args, ["--config", PRESET, "--env-id", env_id, "--num-envs", str(num_envs)])
     env = make_env(args.env_id, args.num_envs, normalize_obs=True, normalize_reward=True)
     eval_env = make_env(args.env_id, 1, normalize_obs=True, freeze_stats=True)
-    init, train_chunk, _ = make_train(args, env, eval_env, 1)
-    state = init(jax.random.PRNGKey(0), {k: jax.numpy.float32(getattr(args, k)) for k in SWEEPABLE})
+    init, iteration, _ = make_train(args, env, eval_env)
+    hp = {k: jax.numpy.full(1, getattr(args, k), jax.numpy.float32) for k in SWEEPABLE}
+    state = jax.vmap(init, in_axes=(0, 0, None, None))(jax.random.PRNGKey(0)[None], hp, None, None)
     batch = args.num_envs * args.num_steps
 
     # nearly the rollout alone: the same scan with one full-batch gradient step instead of 320 minibatch steps
     rollout_args = parse_args(Args, ["--config", PRESET, "--env-id", env_id, "--num-envs", str(num_envs),
                                      "--update-epochs", "1", "--num-minibatches", "1"])
-    _, rollout_chunk, _ = make_train(rollout_args, env, eval_env, 1)
+    _, rollout_iteration, _ = make_train(rollout_args, env, eval_env)
 
-    chunk = jit(train_chunk)
-    start = time.perf_counter()
-    state, _ = chunk(state)
-    jax.block_until_ready(state)
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(updates):
-        state, _ = chunk(state)
-    jax.block_until_ready(state)
-    train_sps = updates * batch / (time.perf_counter() - start)
+    def timed(iteration, state):  # the scripts' compiled loop (common.runner): one iteration, then `updates`
+        chunk, row = jit_chunk(make_chunk(jax.vmap(iteration), 1, updates)), empty_row(jax.vmap(iteration), state)
+        start = time.perf_counter()
+        state, row, _, _ = chunk(state, row, 1)
+        jax.block_until_ready(state)
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        state, row, _, _ = chunk(state, row, updates)
+        jax.block_until_ready(state)
+        return state, updates * batch / (time.perf_counter() - start), first
 
-    rollout = jit(rollout_chunk)
-    state, _ = rollout(state)
-    jax.block_until_ready(state)
-    start = time.perf_counter()
-    for _ in range(updates):
-        state, _ = rollout(state)
-    jax.block_until_ready(state)
-    rollout_sps = updates * batch / (time.perf_counter() - start)
+    state, train_sps, first = timed(iteration, state)
+    state, rollout_sps, _ = timed(rollout_iteration, state)
     env.close()
     eval_env.close()
     return train_sps, rollout_sps, first

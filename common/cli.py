@@ -95,25 +95,29 @@ def check_ranges(args: Any, ranges: dict) -> None:
                              f"pass a value {'> 0' if positive else 'in ' + interval}")
 
 
-# Set by Ctrl-C. Python raises KeyboardInterrupt wherever the main thread is, and one raised inside a
-# garbage-collector callback (JAX has one) is printed and dropped; the training loop checks this flag too.
-INTERRUPTED = threading.Event()
+# Ctrl-C (SIGINT) and SIGTERM, which cluster schedulers send before killing a job. Outside the training loop
+# the first one raises KeyboardInterrupt; inside it only sets STOP, and the loop stops after its current
+# chunk (a few seconds) with everything written. A second signal quits at once.
+STOP = threading.Event()
+TRAINING = threading.Event()  # set by the training loop while it runs
+_received = []
 
 
-def _on_sigint(signum, frame):
-    INTERRUPTED.set()
-    raise KeyboardInterrupt
-
-
-def check_interrupted() -> None:
-    if INTERRUPTED.is_set():
+def _on_signal(signum, frame):
+    if STOP.is_set():
+        os._exit(128 + signum)
+    _received.append(signum)
+    STOP.set()
+    if not TRAINING.is_set():
         raise KeyboardInterrupt
+    print(f"\n{signal.Signals(signum).name}: stopping after the current chunk; send it again to quit at once",
+          file=sys.stderr, flush=True)
 
 
 def run_main(main: Callable[[], None]) -> None:
-    """Run a script's main: usage errors print one line and exit 2, a divergence one line and exit 3, Ctrl-C
-    exits 130; logs are flushed and, with --save-model, the last good state is saved first."""
-    previous = signal.signal(signal.SIGINT, _on_sigint)
+    """Run a script's main: usage errors print one line and exit 2, a divergence one line and exit 3; Ctrl-C
+    exits 130 and SIGTERM 143, after the logs are flushed and, with --save-model, the last chunk is saved."""
+    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         main()
     except UsageError as e:
@@ -123,12 +127,12 @@ def run_main(main: Callable[[], None]) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(3)
     except KeyboardInterrupt:
-        print("interrupted: logs are flushed and, with --save-model, the last completed update is saved",
-              file=sys.stderr)
-        # A compiled chunk may still be calling back into Python (Gymnasium envs): an interpreter shutdown
-        # under it segfaults, and everything is written and closed by now.
+        signum = _received[0] if _received else signal.SIGINT
+        print(f"stopped by {signal.Signals(signum).name}: logs are flushed and, with --save-model, the last "
+              f"completed chunk is saved", file=sys.stderr, flush=True)
         sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(130)
+        # Exit without interpreter teardown: a compile or host env callback may still be running under it.
+        os._exit(128 + signum)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -1,15 +1,16 @@
 """The host side of training, shared by the algorithm scripts: JAX settings, the run setup (envs, sweeps, run
-directories), the loop over a compiled `train_chunk` with logging, evaluation and checkpoints.
+directories) and the loop around the compiled training program, with logging, evaluation and checkpoints.
 
-A script's compiled functions follow one convention: `train_chunk(state) -> (state, metrics)` with metrics of
-shape (runs, log rows) where keys containing "/" are logged as they are and `episodes`, `return_sum`,
-`length_sum` give the episodes that ended in each row; `evaluate(params, norm, keys) -> returns` of shape
-(runs, eval envs); the state has `.params` and `.env_state.norm`.
+A script gives `iteration(state) -> (state, metrics)`, vmapped over runs, where metric keys containing "/"
+are logged as they are and `episodes`, `return_sum`, `length_sum` count the episodes that ended;
+`evaluate(params, norm, keys) -> returns` of shape (runs, eval envs); the state has `.params` and
+`.env_state.norm`. Each logged row averages `iterations_per_row` iterations (episode counts are summed).
 """
 import dataclasses
 import itertools
 import os
 import shutil
+import sys
 import time
 from typing import NamedTuple
 
@@ -17,12 +18,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common.cli import Diverged, UsageError, check_interrupted
+from common.cli import STOP, TRAINING, Diverged, UsageError
 from common.envs import make_env
 from common.logger import MeanLogger, RunLogger, prepare_run_dir, restore, run_name, save_checkpoint
 
 # More runs than this share one directory per experiment name, logging the mean over their seeds.
 MAX_RUN_DIRS = 64
+# A compiled chunk runs about this long (seconds): progress, logs and Ctrl-C are handled between chunks.
+CHUNK_SECONDS = 5.0
+SUMMED = ("episodes", "return_sum", "length_sum")
 
 
 def setup_jax() -> None:
@@ -52,17 +56,17 @@ def jit(fn, **kwargs):
     return jax.jit(fn, compiler_options=options, **kwargs)
 
 
-def jit_chunk(vmapped_chunk, donate: bool | None = None):
-    """Compile a vmapped `train_chunk`; donated (by default on accelerators), its state is updated in place."""
+def jit_chunk(chunk, donate: bool | None = None):
+    """Compile `chunk(state, *rest)`; donated (by default on accelerators), its state is updated in place."""
     if not (jax.default_backend() != "cpu" if donate is None else donate):
-        return jit(vmapped_chunk)
-    compiled = jit(vmapped_chunk, donate_argnums=(0,))
+        return jit(chunk)
+    compiled = jit(chunk, donate_argnums=(0,))
 
     def unalias(state):  # XLA refuses to donate one array twice; Brax states share arrays (e.g. obs)
         seen = set()
         return jax.tree.map(lambda x: jnp.copy(x) if id(x) in seen else (seen.add(id(x)), x)[1], state)
 
-    return lambda state: compiled(unalias(state))
+    return lambda state, *rest: compiled(unalias(state), *rest)
 
 
 def spread_runs(args, state, num_runs: int):
@@ -92,6 +96,37 @@ def make_evaluate(eval_env, act):
         return jax.lax.scan(step, carry, None, eval_env.spec.max_episode_steps)[0][2]
 
     return evaluate
+
+
+def make_chunk(iteration, iterations_per_row: int, max_rows: int):
+    """`chunk(state, row, n) -> (state, row, rows, rows_done)`: `n` iterations (an argument, so chunks of any
+    length share one compiled program), their metrics averaged into rows[:rows_done] per `iterations_per_row`
+    iterations, NaNs ("not measured") left out. `row` carries a row that is still filling across chunks."""
+    def chunk(state, row, n):
+        def body(carry):
+            i, state, (sums, counts, k), rows, r = carry
+            state, metrics = iteration(state)
+            for key, m in metrics.items():
+                measured = jnp.ones_like(m, bool) if key in SUMMED else ~jnp.isnan(m)
+                sums = {**sums, key: sums[key] + jnp.where(measured, m, 0).astype(jnp.float32)}
+                counts = {**counts, key: counts[key] + measured}
+            rows = {key: rows[key].at[r].set(sums[key] if key in SUMMED else sums[key] / counts[key]) for key in rows}
+            k = k + 1
+            full = k == iterations_per_row
+            empty = lambda tree: jax.tree.map(lambda x: jnp.where(full, 0, x), tree)  # noqa: E731
+            return i + 1, state, (empty(sums), empty(counts), jnp.where(full, 0, k)), rows, r + full
+
+        rows = jax.tree.map(lambda x: jnp.zeros((max_rows, *x.shape), jnp.float32), row[0])
+        _, state, row, rows, r = jax.lax.while_loop(lambda c: c[0] < n, body, (0, state, row, rows, 0))
+        return state, row, rows, r
+
+    return chunk
+
+
+def empty_row(iteration, state):
+    """The `row` argument of a chunk before its first iteration."""
+    zeros = jax.tree.map(lambda m: jnp.zeros(m.shape, jnp.float32), jax.eval_shape(iteration, state)[1])
+    return zeros, zeros, jnp.int32(0)
 
 
 def parse_sweep(args, sweepable: tuple, check) -> list[dict]:
@@ -125,13 +160,13 @@ class Experiment(NamedTuple):
     run_dirs: list
     loggers: list
     configs: list
-    steps_per_log: int  # env steps per seed between logged rows
-    num_logs: int
-    logs_per_chunk: int  # rows per compiled chunk
+    steps_per_iteration: int  # env steps per run
+    iterations_per_row: int  # iterations per logged row
+    num_rows: int  # logged rows in the whole run
 
 
-def open_experiment(args, settings: list, steps_per_log: int, *, discrete: bool, raw_obs: bool = False,
-                    check_spec=None) -> Experiment:
+def open_experiment(args, settings: list, steps_per_iteration: int, iterations_per_row: int = 1, *,
+                    discrete: bool, raw_obs: bool = False, check_spec=None) -> Experiment:
     """What every script does before compiling: JAX settings, training and evaluation envs (their action space
     checked; `check_spec(spec)` for more), and one run per (sweep setting, seed) with its directory and logger.
     Bad input raises UsageError before anything is compiled or written."""
@@ -172,10 +207,9 @@ def open_experiment(args, settings: list, steps_per_log: int, *, discrete: bool,
     eval_env = make_env(args.env_id, args.num_eval_envs, num_copies=len(seeds), freeze_stats=True,
                         max_episode_steps=args.eval_max_episode_steps or args.max_episode_steps,
                         video_dir=os.path.join(run_dirs[0], "videos") if args.capture_video else None, **kwargs)
-    num_logs = args.total_timesteps // steps_per_log  # chunks of equal length: one compile
-    per_chunk = min(max(1, args.eval_every // steps_per_log), -(-num_logs // 20))
-    per_chunk = max(d for d in range(1, max(1, min(per_chunk, num_logs)) + 1) if num_logs % d == 0)
-    return Experiment(env, eval_env, settings, seeds, run_dirs, loggers, configs, steps_per_log, num_logs, per_chunk)
+    num_rows = args.total_timesteps // (steps_per_iteration * iterations_per_row)
+    return Experiment(env, eval_env, settings, seeds, run_dirs, loggers, configs, steps_per_iteration,
+                      iterations_per_row, num_rows)
 
 
 def open_runs(args, exp_names: list, seeds: list, configs: list) -> tuple:
@@ -197,8 +231,8 @@ def open_runs(args, exp_names: list, seeds: list, configs: list) -> tuple:
     return run_dirs, [by_dir[d] for d in run_dirs]
 
 
-def train_or_evaluate(args, exp: Experiment, ckpt, init, train_chunk, evaluate, *init_args, donate=None):
-    """Compile the vmapped `init(keys, *init_args, params, norm)`, `train_chunk` and `evaluate`, then train
+def train_or_evaluate(args, exp: Experiment, ckpt, init, iteration, evaluate, *init_args, donate=None):
+    """Compile the vmapped `init(keys, *init_args, params, norm)`, `iteration` and `evaluate`, then train
     (printing the final evaluation per sweep setting) or, with --eval-only, evaluate the loaded model."""
     keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(exp.seeds))
     params, norm = None, None
@@ -215,7 +249,9 @@ def train_or_evaluate(args, exp: Experiment, ckpt, init, train_chunk, evaluate, 
             exp.eval_env.close()
             raise
     state = spread_runs(args, jit(init)(keys, *init_args, params, norm), len(exp.seeds))
-    train_chunk, evaluate = jit_chunk(train_chunk, donate), jit(evaluate)
+    max_rows = min(exp.num_rows, max(1, -(-args.eval_every // (exp.steps_per_iteration * exp.iterations_per_row))))
+    chunk, row = jit_chunk(make_chunk(iteration, exp.iterations_per_row, max_rows), donate), empty_row(iteration, state)
+    evaluate = jit(evaluate)
     try:
         if args.eval_only:
             returns = evaluate_runs(evaluate, state, exp.seeds, 0, exp.loggers)
@@ -223,7 +259,7 @@ def train_or_evaluate(args, exp: Experiment, ckpt, init, train_chunk, evaluate, 
             for logger in exp.loggers:
                 logger.close()
             return
-        returns = train_loop(args, exp, state, train_chunk, evaluate)
+        returns = train_loop(args, exp, state, row, max_rows, chunk, evaluate)
     finally:
         exp.env.close()
         exp.eval_env.close()
@@ -253,55 +289,53 @@ def finite_runs(params):
     return jnp.all(jnp.stack([jnp.isfinite(x).reshape(len(x), -1).all(1) for x in jax.tree.leaves(params)]), 0)
 
 
-def train_loop(args, exp: Experiment, state, train_chunk, evaluate) -> np.ndarray:
-    """Run all chunks, logging every row at global_step = env steps per run; evaluate every args.eval_every
-    steps and at the end; returns the last evaluation's mean return per run. Interrupted, crashed or diverged,
-    it still flushes the logs and saves the last good state (with --save-model)."""
-    loggers, step_size, per_chunk = exp.loggers, exp.steps_per_log, exp.logs_per_chunk
-    total = exp.num_logs * step_size
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-    progress = Progress(TextColumn("steps"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        TextColumn("{task.fields[info]}"))
-    task = progress.add_task("train", total=total, info="compiling...")
-    progress.start()
+def train_loop(args, exp: Experiment, state, row, max_rows: int, chunk, evaluate) -> np.ndarray:
+    """Run the iterations in chunks of about CHUNK_SECONDS, logging every row at global_step = env steps per run,
+    evaluating at the first row end past every args.eval_every steps and at the end; returns the last
+    evaluation's mean return per run. Stopped (Ctrl-C, SIGTERM), crashed or diverged, it keeps the logs and
+    saves the last good state (with --save-model)."""
+    loggers, per_row = exp.loggers, exp.iterations_per_row
+    row_steps, total = exp.steps_per_iteration * per_row, exp.num_rows * exp.steps_per_iteration * per_row
+    progress = Progress(total)
     global_step, next_eval, last_return = 0, args.eval_every, float("nan")
     eval_returns = np.full(len(loggers), np.nan)
     completed, saved = None, False  # host copy of (params, norm) after the last good chunk
-    start = time.time()
+    n, filled, start = 1, 0, time.time()  # iterations in the next chunk; of them already in a row
+    TRAINING.set()
     try:
-        for _ in range(exp.num_logs // per_chunk):
-            state, metrics = train_chunk(state)
-            metrics = jax.device_get(metrics)
-            check_interrupted()
-            episodes = metrics["episodes"]
-            for u in range(per_chunk):
-                step = global_step + (u + 1) * step_size
+        while global_step < total and not STOP.is_set():
+            rows_left = min(-(-(next_eval - global_step) // row_steps), (total - global_step) // row_steps, max_rows)
+            n = min(n, rows_left * per_row - filled)
+            began = time.time()
+            state, row, rows, done = chunk(state, row, n)
+            rows, done = jax.device_get((rows, done))
+            elapsed, filled = time.time() - began, (filled + n) % per_row
+            episodes = rows["episodes"]
+            for u in range(done):
                 for i, logger in enumerate(loggers):
-                    # NaN marks "not measured in this row" (e.g. SAC losses before learning starts)
-                    row = {k: v[i, u] for k, v in metrics.items() if "/" in k and not np.isnan(v[i, u])}
-                    if episodes[i, u] > 0:
-                        row["charts/episodic_return"] = metrics["return_sum"][i, u] / episodes[i, u]
-                        row["charts/episodic_length"] = metrics["length_sum"][i, u] / episodes[i, u]
-                    logger.log(step, row)
+                    values = {k: v[u, i] for k, v in rows.items() if "/" in k and not np.isnan(v[u, i])}
+                    if episodes[u, i] > 0:
+                        values["charts/episodic_return"] = rows["return_sum"][u, i] / episodes[u, i]
+                        values["charts/episodic_length"] = rows["length_sum"][u, i] / episodes[u, i]
+                    logger.log(global_step + (u + 1) * row_steps, values)
             diverged = ~np.asarray(finite_runs(state.params))
             if diverged.any():
                 i = int(np.argmax(diverged))
-                losses = np.stack([v[i] for k, v in metrics.items() if k.startswith("losses/")])
-                ok = np.isfinite(losses).all(0)
+                ok = np.isfinite(np.stack([v[:done, i] for k, v in rows.items() if k.startswith("losses/")])).all(0)
                 bad = np.flatnonzero(~ok & (np.cumsum(ok) > 0))  # NaN before any finite row: not measured yet
-                at = global_step + (bad[0] + 1 if bad.size else per_chunk) * step_size
-                raise Diverged(f"training diverged at global_step {at} "
-                               f"(NaN or inf in the parameters of seed {exp.seeds[i]}); logs up to there are kept"
+                at = global_step + (bad[0] + 1 if bad.size else max(done, 1)) * row_steps
+                raise Diverged(f"training diverged at global_step {at} (NaN or inf in the parameters of seed "
+                               f"{exp.seeds[i]}); logs up to there are kept"
                                + (f", and the checkpoint of global_step {global_step}" if completed else "")
                                + "; lower the learning rate or check the rewards")
             if args.save_model:  # the state itself may be donated to a chunk that never finishes
                 completed, saved = jax.device_get((state.params, state.env_state.norm)), False
-            ended = episodes[:, -1] > 0
+            ended = episodes[done - 1] > 0 if done else np.zeros(len(loggers), bool)
             if ended.any():
-                last_return = float(np.mean(metrics["return_sum"][ended, -1] / episodes[ended, -1]))
-            global_step += per_chunk * step_size
+                last_return = float(np.mean(rows["return_sum"][done - 1, ended] / episodes[done - 1, ended]))
+            global_step += done * row_steps
             sps = int(global_step / (time.time() - start))
-            for logger in loggers:
+            for logger in loggers if done else []:
                 logger.log(global_step, {"charts/SPS": sps})
             if global_step >= next_eval or global_step == total:
                 next_eval += args.eval_every * max(1, (global_step - next_eval) // args.eval_every + 1)
@@ -311,17 +345,51 @@ def train_loop(args, exp: Experiment, state, train_chunk, evaluate) -> np.ndarra
                     saved = True
             for logger in {id(logger): logger for logger in loggers}.values():  # seeds may share one
                 logger.flush()
-            progress.update(task, completed=global_step,
-                            info=f"SPS {sps}  return {last_return:.1f}  eval {np.mean(eval_returns):.1f}")
+            progress.update(global_step, sps, last_return, np.mean(eval_returns))
+            n = max(1, min(4 * n, int(n * CHUNK_SECONDS / max(elapsed, 1e-3))))  # the first chunk compiled too
     finally:
-        progress.stop()
+        TRAINING.clear()
+        progress.close()
         if completed is not None and not saved:  # the end of training was saved with its evaluation
             save_runs(*completed, exp.run_dirs, exp.configs)
         for logger in loggers:
             logger.close()
+    if STOP.is_set():
+        raise KeyboardInterrupt
     print(f"done: {global_step} steps per run in {time.time() - start:.1f}s, final eval return "
           f"{np.mean(eval_returns):.2f} (runs in {os.path.dirname(exp.run_dirs[0])}/)")
     return eval_returns
+
+
+class Progress:
+    """Steps, SPS, the latest training and evaluation returns and the time left: a live bar on a terminal,
+    else (a log file, `nohup`) a plain line about every 15 seconds."""
+
+    def __init__(self, total: int):
+        self.total, self.start, self.last_line = total, time.time(), 0.0
+        self.bar = None
+        if sys.stdout.isatty():
+            from rich import progress as rp
+            self.bar = rp.Progress(rp.TextColumn("steps"), rp.BarColumn(), rp.MofNCompleteColumn(),
+                                   rp.TimeRemainingColumn(), rp.TextColumn("{task.fields[info]}"))
+            self.task = self.bar.add_task("train", total=total, info="compiling...")
+            self.bar.start()
+        else:
+            print(f"step 0/{total:,}  compiling...", flush=True)
+
+    def update(self, step: int, sps: int, train_return: float, eval_return: float) -> None:
+        info = f"SPS {sps}  return {train_return:.1f}  eval {eval_return:.1f}"
+        if self.bar is not None:
+            return self.bar.update(self.task, completed=step, info=info)
+        if time.time() - self.last_line >= 15 or step == self.total:
+            self.last_line = time.time()
+            eta = (time.time() - self.start) * (self.total - step) / max(step, 1)
+            print(f"step {step:,}/{self.total:,} ({100 * step / self.total:.0f}%)  {info}  "
+                  f"ETA {int(eta // 60)}m{int(eta % 60):02d}s", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
 
 
 def summarise(settings: list, num_seeds: int, eval_returns, path: str) -> None:
