@@ -1,7 +1,9 @@
 """The command line: flags from a script's `Args` dataclass (tyro), YAML presets (`--config`), range checks, and
 the entry point that turns bad input into one `error:` line (exit 2) and Ctrl-C into a clean stop (exit 130)."""
+import contextlib
 import dataclasses
 import difflib
+import io
 import os
 import signal
 import sys
@@ -49,7 +51,8 @@ def preset_flags(path: str, cls: type) -> list[str]:
             flags[key] = [flag if value else "--no-" + flag[2:]]
         else:  # YAML reads 5e6 as a string: a whole number is passed as one, so int flags take it
             values = value if isinstance(value, list) else [value]
-            flags[key] = [flag, *(str(int(float(v))) if _is_whole(v) else str(v) for v in values)]
+            whole = "int" in str(next(f.type for f in dataclasses.fields(cls) if f.name == name))
+            flags[key] = [flag, *(str(int(float(v))) if whole and _is_whole(v) else str(v) for v in values)]
     for key, tokens in flags.items():  # tyro's own types check each value
         try:
             tyro.cli(cls, args=tokens, console_outputs=False)
@@ -77,7 +80,20 @@ def parse_args(cls: type, argv: Sequence[str] | None = None) -> Any:
             path = argv[i + 1]
         elif arg.startswith("--config="):
             path = arg.split("=", 1)[1]
-    return tyro.cli(cls, args=(preset_flags(path, cls) if path else []) + argv)
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(printed):
+            return tyro.cli(cls, args=(preset_flags(path, cls) if path else []) + argv)
+    except SystemExit as e:
+        if not e.code:  # --help
+            raise
+        # tyro's message box: its first line says what is wrong, "Perhaps you meant:" the closest flag
+        lines = [line.strip("│| ") for line in printed.getvalue().splitlines()]
+        lines = [line for line in lines if line.strip("─-+=╭╮╰╯")]  # lines[0] is the box's title
+        hint = lines.index("Perhaps you meant:") + 1 if "Perhaps you meant:" in lines else 0
+        raise UsageError((lines[1] if len(lines) > 1 else "bad command line") +
+                         (f" (did you mean {lines[hint].split()[0]}?)" if 0 < hint < len(lines) else "") +
+                         "; see --help")
 
 
 def check_ranges(args: Any, ranges: dict) -> None:

@@ -301,6 +301,7 @@ def train_loop(args, exp: Experiment, state, row, max_rows: int, chunk, evaluate
     eval_returns = np.full(len(loggers), np.nan)
     completed, saved = None, False  # host copy of (params, norm) after the last good chunk
     n, filled, start = 1, 0, time.time()  # iterations in the next chunk; of them already in a row
+    measured = np.zeros(len(loggers), bool)  # per run: a row with finite losses was logged
     TRAINING.set()
     try:
         while global_step < total and not STOP.is_set():
@@ -322,12 +323,15 @@ def train_loop(args, exp: Experiment, state, row, max_rows: int, chunk, evaluate
             if diverged.any():
                 i = int(np.argmax(diverged))
                 ok = np.isfinite(np.stack([v[:done, i] for k, v in rows.items() if k.startswith("losses/")])).all(0)
-                bad = np.flatnonzero(~ok & (np.cumsum(ok) > 0))  # NaN before any finite row: not measured yet
+                # NaN rows before the first finite one of the run are "not measured yet" (SAC before learning)
+                bad = np.flatnonzero(~ok & (measured[i] | (np.cumsum(ok) > 0)))
                 at = global_step + (bad[0] + 1 if bad.size else max(done, 1)) * row_steps
                 raise Diverged(f"training diverged at global_step {at} (NaN or inf in the parameters of seed "
                                f"{exp.seeds[i]}); logs up to there are kept"
                                + (f", and the checkpoint of global_step {global_step}" if completed else "")
                                + "; lower the learning rate or check the rewards")
+            losses = np.stack([v[:done] for k, v in rows.items() if k.startswith("losses/")])
+            measured |= np.isfinite(losses).all(0).any(0)
             if args.save_model:  # the state itself may be donated to a chunk that never finishes
                 completed, saved = jax.device_get((state.params, state.env_state.norm)), False
             ended = episodes[done - 1] > 0 if done else np.zeros(len(loggers), bool)

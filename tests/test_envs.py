@@ -157,24 +157,35 @@ def test_actions_are_clipped_to_bounds():
 
 def test_gymnax_truncation_termination_and_final_obs():
     import gymnax
-    env = make_env("gymnax/CartPole-v1", 1, max_episode_steps=8)
-    _, _, (obs, reward, term, trunc, final_obs, ep) = rollout(env, jnp.zeros((20, 1), jnp.int32))
-    # pushing left every step topples the pole before 8 steps? check against gymnax itself
+    # pushing left every step topples the pole long before a 50-step time limit: a termination
+    env = make_env("gymnax/CartPole-v1", 1, max_episode_steps=50)
+    _, _, (obs, reward, term, trunc, final_obs, ep) = rollout(env, jnp.zeros((60, 1), jnp.int32))
+    # the same episode with gymnax itself (the adapter's env 0 starts from split(key, 1)[0]; CartPole's step
+    # draws no randomness), without a time limit, so its `done` is the pole falling
     genv, params = gymnax.make("CartPole-v1")
     params = params.replace(max_steps_in_episode=10**6)
     key = jax.random.PRNGKey(0)
-    raw_obs, s = genv.reset(jax.random.split(key, 1)[0], params)
+    _, s = genv.reset(jax.random.split(key, 1)[0], params)
     rows = []
-    for t in range(20):
+    for t in range(50):
         o, s, r, d, _ = genv.step_env(key, s, 0, params)
-        rows.append((o, r, d))
+        rows.append((np.asarray(o), float(r), bool(d)))
         if d:
             break
+    assert rows[-1][2], "the pole did not fall within 50 steps"
     end = len(rows) - 1
-    if end < 8:  # the pole fell first: a termination with the real final observation
-        assert term[end, 0] and not trunc[:end + 1, 0].any()
-        np.testing.assert_allclose(final_obs[end, 0], rows[end][0], rtol=1e-5)
-    assert ep.done[:, 0].any()
+    assert end < 49  # strictly inside the time limit
+    assert term[end, 0] and not trunc[:end + 1, 0].any() and not term[:end, 0].any()
+    np.testing.assert_allclose(final_obs[end, 0], rows[end][0], rtol=1e-5)  # the true last observation
+    for t in range(end):  # before the end the next observation is the final one
+        np.testing.assert_allclose(obs[t, 0], rows[t][0], rtol=1e-5)
+        np.testing.assert_allclose(final_obs[t, 0], rows[t][0], rtol=1e-5)
+    assert not np.allclose(obs[end, 0], final_obs[end, 0])  # auto-reset: the next episode's first observation
+    assert list(np.flatnonzero(ep.done[:end + 1, 0])) == [end]
+    assert ep.episode_length[end, 0] == end + 1
+    np.testing.assert_allclose(ep.episode_return[end, 0], sum(r for _, r, _ in rows), rtol=1e-6)
+    np.testing.assert_allclose(reward[:end + 1, 0], [r for _, r, _ in rows], rtol=1e-6)
+
     # the time limit: an env that is not pushed over ends by truncation at step 8
     env = make_env("gymnax/CartPole-v1", 1, max_episode_steps=8)
     actions = jnp.tile(jnp.array([0, 1], jnp.int32), 10).reshape(20, 1)
@@ -195,3 +206,27 @@ def test_gymnax_minatar_grids_arrive_flat():
     np.testing.assert_array_equal(obs, grids.reshape(2, 400))
     _, next_obs, _, _, _, final_obs, _ = env.step(state, jnp.zeros(2, jnp.int32))
     assert next_obs.shape == final_obs.shape == (2, 400)
+
+
+def test_raw_obs_keeps_the_statistics_and_observe_normalises_on_use():
+    # a replay buffer stores raw observations; the statistics must still follow them, and env.observe must give
+    # what a normalising env hands the agent
+    kw = dict(normalize_obs=True, normalize_reward=True)
+    normed, raw = make_env("gymnax/Pendulum-v1", 4, **kw), make_env("gymnax/Pendulum-v1", 4, raw_obs=True, **kw)
+    plain = make_env("gymnax/Pendulum-v1", 4)
+    actions = jnp.linspace(-2, 2, 40).reshape(10, 4, 1)
+    first_n, state_n, (obs_n, reward_n, _, _, final_n, _) = rollout(normed, actions)
+    first_r, state_r, (obs_r, reward_r, _, _, final_r, _) = rollout(raw, actions)
+    first_p, _, (obs_p, _, _, _, final_p, _) = rollout(plain, actions)
+    for a, b in zip(jax.tree.leaves(state_n.norm), jax.tree.leaves(state_r.norm)):  # same statistics
+        np.testing.assert_array_equal(a, b)
+    assert state_r.norm.obs.count == pytest.approx(11 * 4, rel=1e-4)
+    np.testing.assert_array_equal(first_r, first_p)  # observations raw...
+    np.testing.assert_array_equal(obs_r, obs_p)
+    np.testing.assert_array_equal(final_r, final_p)
+    np.testing.assert_array_equal(reward_r, reward_n)  # ...rewards still normalised
+    assert not np.allclose(obs_n, obs_r)
+    # what the normalising env returned at the last step, from the raw one with the same statistics
+    np.testing.assert_allclose(raw.observe(state_r.norm, obs_r[-1]), obs_n[-1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(normed.observe(state_n.norm, obs_r[-1]), obs_n[-1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(plain.observe(state_r.norm, obs_r[-1]), obs_r[-1])  # off: unchanged

@@ -1,13 +1,16 @@
-import csv
 import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
+import ppo_discrete
 from common import runner
+from common.cli import UsageError
 from common.envs import NormStats, init_stats
 from common.logger import load_checkpoint
+from conftest import read_metrics
 
 
 def args(**kw):
@@ -16,8 +19,7 @@ def args(**kw):
 
 
 def rows(run_dir):
-    with open(f"{run_dir}/metrics.csv") as f:
-        return [(int(r["global_step"]), r["metric"], float(r["value"])) for r in csv.DictReader(f)]
+    return [(int(r["global_step"]), r["metric"], float(r["value"])) for r in read_metrics(run_dir)]
 
 
 def test_few_runs_get_a_directory_each(tmp_path, monkeypatch):
@@ -50,8 +52,9 @@ def test_many_runs_share_one_directory_per_experiment_and_log_means(tmp_path, mo
     norm = jax.tree.map(lambda x: jnp.broadcast_to(x, (2 * n,) + x.shape),
                         NormStats(init_stats((1,)), init_stats(())))
     runner.save_runs({"w": jnp.arange(2 * n, dtype=jnp.float32)}, norm, run_dirs, [{"seed": s} for s in seeds])
-    ckpt = load_checkpoint(f"{run_dirs[-1]}/model_seed{n}.ckpt")  # last seed of the second experiment
+    ckpt = load_checkpoint(f"{run_dirs[-1]}/model_seed{n}.ckpt", types.SimpleNamespace())  # last seed, 2nd exp
     assert ckpt["params"]["w"] == 2 * n - 1 and ckpt["config"]["seed"] == n
+    assert ckpt["norm"]["obs"]["mean"].shape == (1,)
     assert len(list((tmp_path / run_dirs[0]).glob("model_seed*.ckpt"))) == n
 
 
@@ -61,3 +64,58 @@ def test_donated_chunk_accepts_a_state_that_shares_arrays():
     shared = jnp.ones(3)
     state, _ = chunk({"obs": shared, "inner": {"obs": shared}})
     np.testing.assert_array_equal(state["inner"]["obs"], [2, 2, 2])
+
+
+def test_sweep_settings_are_every_combination_and_range_checked():
+    args = ppo_discrete.Args(sweep=("learning-rate=1e-3,1e-2", "gamma=0.9,0.99"))
+    settings = runner.parse_sweep(args, ppo_discrete.SWEEPABLE, ppo_discrete.check_args)
+    assert settings == [{"learning_rate": 1e-3, "gamma": 0.9}, {"learning_rate": 1e-3, "gamma": 0.99},
+                        {"learning_rate": 1e-2, "gamma": 0.9}, {"learning_rate": 1e-2, "gamma": 0.99}]
+    assert runner.parse_sweep(ppo_discrete.Args(), ppo_discrete.SWEEPABLE, ppo_discrete.check_args) == [{}]
+    for sweep, message in [("gamma=0.9,1.5", "--gamma must be in [0, 1], got 1.5"),
+                           ("clip-coef=0.2,0", "--clip-coef must be positive, got 0.0"),
+                           ("max-grad-norm=0.1", "--max-grad-norm is off"),
+                           ("num-envs=2,4", "use NAME=V1,V2 with NAME one of learning-rate"),
+                           ("gamma=", "use NAME=V1,V2"),
+                           ("gamma=0.9;0.99", "values must be numbers")]:
+        args = ppo_discrete.Args(sweep=(sweep,), max_grad_norm=None)
+        with pytest.raises(UsageError, match=message.replace("[", r"\[")):
+            runner.parse_sweep(args, ppo_discrete.SWEEPABLE, ppo_discrete.check_args)
+
+
+def test_finite_runs_flags_each_run():
+    w = np.ones((4, 2, 3), np.float32)
+    w[1, 0, 2], w[3, 1, 1] = np.nan, -np.inf
+    b = np.ones((4, 3), np.float32)
+    b[2, 0] = np.inf
+    assert list(np.asarray(runner.finite_runs({"w": w, "layers": [{"b": b}]}))) == [True, False, False, False]
+
+
+def test_summary_is_one_row_per_setting(tmp_path, capsys):
+    settings = [{"learning_rate": 1e-3, "gamma": 0.9}, {"learning_rate": 1e-2, "gamma": 0.9}]
+    runner.summarise(settings, 2, np.array([1.0, 3.0, 10.0, 10.0]), str(tmp_path / "x_summary.csv"))
+    assert (tmp_path / "x_summary.csv").read_text().splitlines() == [
+        "gamma,learning-rate,mean,std,seeds", "0.9,0.001,2.00,1.00,2", "0.9,0.01,10.00,0.00,2"]
+    assert "final eval/episodic_return" in capsys.readouterr().out
+
+
+def test_chunks_average_iterations_into_rows_and_carry_a_partial_row():
+    def iteration(state):  # metrics of iteration s: losses/x = s, measured (not NaN) on odd s only
+        s = state + 1
+        return s, {"losses/x": jnp.where(s % 2 == 0, jnp.nan, s).astype(jnp.float32), "episodes": jnp.int32(1),
+                   "return_sum": s.astype(jnp.float32), "length_sum": jnp.int32(2)}
+
+    chunk = jax.jit(runner.make_chunk(iteration, 3, 4))
+    state, row, rows, done = chunk(jnp.int32(0), runner.empty_row(iteration, jnp.int32(0)), 5)
+    assert int(state) == 5 and int(done) == 1  # iterations 4 and 5 wait in `row` for the next chunk
+    assert rows["losses/x"][0] == 2.0 and rows["episodes"][0] == 3 and rows["return_sum"][0] == 6
+    state, row, rows, done = chunk(state, row, 7)
+    assert int(state) == 12 and int(done) == 3
+    np.testing.assert_array_equal(rows["losses/x"][:3], [5.0, 8.0, 11.0])  # NaNs left out of each mean
+    np.testing.assert_array_equal(rows["return_sum"][:3], [4 + 5 + 6, 7 + 8 + 9, 10 + 11 + 12])  # sums summed
+    np.testing.assert_array_equal(rows["length_sum"][:3], [6, 6, 6])
+
+    per_iteration = jax.jit(runner.make_chunk(iteration, 1, 4))
+    _, _, rows, done = per_iteration(jnp.int32(0), runner.empty_row(iteration, jnp.int32(0)), 4)
+    assert int(done) == 4
+    np.testing.assert_array_equal(rows["losses/x"], [1.0, np.nan, 3.0, np.nan])  # nothing measured: NaN

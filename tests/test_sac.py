@@ -1,18 +1,15 @@
-import csv
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import ppo_continuous
 import sac
-from common.config import run_main
 from common.envs import Env, EnvSpec, EpisodeStats, make_env
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from common.logger import load_checkpoint, restore
+from conftest import ROOT, cli, list_runs, logged_rows, read_metrics, run_script, scan_iterations
 
 
 def test_soft_q_target_matches_hand_computation():
@@ -66,7 +63,7 @@ def scripted_env(num_envs=2):
     period = jnp.array([4, 3])
 
     def step(state, action):
-        t, env_state = state + 1, None
+        t = state + 1
         terminated = jnp.array([True, False]) & (t % period == 0)
         truncated = jnp.array([False, True]) & (t % period == 0)
         done = terminated | truncated
@@ -86,7 +83,7 @@ def scripted_env(num_envs=2):
         inner, obs, reward, term, trunc, final, ep = step(state.inner, action)
         return state._replace(inner=inner), obs, reward, term, trunc, final, ep
 
-    return Env(reset, wrapped_step, spec, num_envs, lambda: None)
+    return Env(reset, wrapped_step, spec, num_envs, lambda: None, lambda norm, obs: obs)
 
 
 @pytest.mark.parametrize("bootstrap", [True, False])
@@ -94,8 +91,8 @@ def test_buffer_stores_final_obs_and_terminations_not_truncations(bootstrap):
     env = scripted_env()
     args = sac.Args(env_id="scripted", num_envs=2, total_timesteps=24, buffer_size=24, learning_starts=10**6,
                     bootstrap_truncation=bootstrap, actor_hidden=(8,), critic_hidden=(8,))
-    init, train_chunk, _ = sac.make_train(args, env, env, 12, 1)
-    state, _ = jax.jit(train_chunk)(init(jax.random.PRNGKey(0)))
+    init, train_iteration, _ = sac.make_train(args, env, env)
+    state, _ = jax.jit(scan_iterations(train_iteration, 12))(init(jax.random.PRNGKey(0)))
     b = jax.tree.map(np.asarray, state.buffer)
     obs, next_obs, terminal = b.obs.reshape(12, 2), b.next_obs.reshape(12, 2), b.terminal.reshape(12, 2)
     t = np.arange(1, 13)[:, None]
@@ -112,8 +109,8 @@ def test_pendulum_learns():
     args = sac.Args(env_id="Pendulum-v1", total_timesteps=8000, learning_starts=1000)
     env = make_env(args.env_id, args.num_envs)
     eval_env = make_env(args.env_id, 5, freeze_stats=True)
-    init, train_chunk, evaluate = sac.make_train(args, env, eval_env, 1000, 8)
-    state, metrics = jax.jit(train_chunk)(init(jax.random.PRNGKey(1)))
+    init, train_iteration, evaluate = sac.make_train(args, env, eval_env)
+    state, metrics = jax.jit(logged_rows(train_iteration, 1000, 8))(init(jax.random.PRNGKey(1)))  # 8 rows
     returns = jax.jit(evaluate)(state.params, state.env_state.norm, jax.random.PRNGKey(2))
     env.close()
     eval_env.close()
@@ -122,22 +119,18 @@ def test_pendulum_learns():
     assert metrics["losses/alpha"][-1] < 0.2  # autotuned down from 1.0
 
 
-def cli(monkeypatch, capsys, *argv):
-    monkeypatch.setattr(sys, "argv", ["sac.py", *argv])
-    code = 0
-    try:
-        run_main(sac.main)
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr().err
-
-
 @pytest.mark.parametrize("argv, message", [
     (["--env-id", "Hoper-v4"], "unknown env id 'Hoper-v4' (did you mean Hopper-v4"),
-    (["--env-id", "CartPole-v1"], "has discrete actions"),
+    (["--env-id", "CartPole-v1"], "'CartPole-v1' has discrete actions; this script needs a continuous (Box) action "
+                                  "space: use ppo_discrete.py"),
+    (["--env-id", "gymnax/CartPole-v1"], "has discrete actions"),
     (["--batch-size", "0"], "--batch-size must be positive"),
-    (["--tau", "1.5"], "--tau must be in (0, 1]"),
-    (["--learning-starts", "-1"], "--learning-starts must be >= 0"),
+    (["--tau", "1.5"], "--tau must be in (0, 1], got 1.5; pass a value in (0, 1]"),
+    (["--tau", "0"], "--tau must be in (0, 1], got 0.0"),
+    (["--gamma", "2"], "--gamma must be in [0, 1], got 2.0"),
+    (["--alpha", "-0.1"], "--alpha must be in [0, inf)"),
+    (["--policy-lr", "0"], "--policy-lr must be positive"),
+    (["--learning-starts", "-1"], "--learning-starts must be in [0, inf), got -1"),
     (["--num-envs", "4", "--buffer-size", "3"], "--buffer-size 3 holds less than one step"),
     (["--config", "missing.yaml"], "config file 'missing.yaml' not found"),
     (["--eval-only"], "--eval-only needs --load-model"),
@@ -145,29 +138,19 @@ def cli(monkeypatch, capsys, *argv):
 ])
 def test_bad_input_exits_2_with_one_line(monkeypatch, capsys, tmp_path, argv, message):
     monkeypatch.chdir(tmp_path)
-    code, err = cli(monkeypatch, capsys, *argv)
+    code, err = cli(monkeypatch, capsys, sac, *argv)
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
     assert not os.path.exists(tmp_path / "runs")
 
 
-def run_script(tmp_path, *argv):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "sac.py"), *argv], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600)
-
-
-def read_metrics(run_dir):
-    with open(run_dir / "metrics.csv") as f:
-        return list(csv.DictReader(f))
-
-
-def test_cli_gymnasium_logs_cleanrl_metrics_saves_and_evaluates(tmp_path):
-    out = run_script(tmp_path, "--env-id", "Pendulum-v1", "--total-timesteps", "1200", "--learning-starts", "300",
-                     "--log-every", "200", "--eval-every", "600", "--num-eval-envs", "2", "--batch-size", "64",
+def test_cli_gymnasium_logs_cleanrl_metrics_saves_and_evaluates(monkeypatch, capsys, tmp_path):
+    out = run_script(tmp_path, "sac.py", "--env-id", "Pendulum-v1", "--total-timesteps", "1200", "--learning-starts",
+                     "300", "--log-every", "200", "--eval-every", "600", "--num-eval-envs", "2", "--batch-size", "64",
                      "--save-model", "--exp-name", "smoke", "--num-seeds", "2")
     assert out.returncode == 0, out.stderr
     assert "replay buffer: 1,200 transitions x 2 seed(s)" in out.stdout
-    run_dirs = sorted((tmp_path / "runs").iterdir())
+    run_dirs = list_runs(tmp_path)
     assert [d.name.split("__")[2] for d in run_dirs] == ["1", "2"]
     rows = read_metrics(run_dirs[0])
     names = {r["metric"] for r in rows}
@@ -181,21 +164,45 @@ def test_cli_gymnasium_logs_cleanrl_metrics_saves_and_evaluates(tmp_path):
     assert {float(r["value"]) for r in rows if r["metric"] == "charts/episodic_length"} == {200.0}
     assert [int(r["global_step"]) for r in rows if r["metric"] == "eval/episodic_return"] == [600, 1200]
 
-    out = run_script(tmp_path, "--load-model", str(run_dirs[1] / "model.ckpt"), "--eval-only",
+    out = run_script(tmp_path, "sac.py", "--load-model", str(run_dirs[1] / "model.ckpt"), "--eval-only",
                      "--num-eval-envs", "2")
     assert out.returncode == 0, out.stderr
     assert "eval/episodic_return" in out.stdout and "replay buffer: 1 transitions" in out.stdout
 
+    # the checkpoint holds SAC's networks as state dicts, and restores into sac's own (vmapped) structure
+    args = sac.Args()
+    blob = load_checkpoint(str(run_dirs[1] / "model.ckpt"), args)
+    assert args.env_id == "Pendulum-v1" and blob["config"]["seed"] == 2
+    assert set(blob["params"]) == {"actor", "qf", "qf_target", "log_alpha"} and set(blob["params"]["actor"]) == \
+        {"0", "1", "2"}
+    env = make_env(args.env_id, 1, raw_obs=True)
+    init, train_iteration, _ = sac.make_train(args, env, env)
+    vmapped_init = sac.vmap_runs(init, train_iteration)[0]
+    shapes = jax.eval_shape(vmapped_init, jax.random.split(jax.random.PRNGKey(0), 2), None, None)
+    params, norm = restore(blob, shapes.params, shapes.env_state.norm)
+    env.close()
+    np.testing.assert_array_equal(params["qf"][1]["w"], blob["params"]["qf"]["1"]["w"])
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves((params, norm)))
+
+    # a SAC checkpoint is not a PPO model: one error line, no traceback
+    monkeypatch.chdir(tmp_path)
+    for extra in (["--eval-only"], []):
+        code, err = cli(monkeypatch, capsys, ppo_continuous, "--load-model", str(run_dirs[1] / "model.ckpt"),
+                        "--num-eval-envs", "2", "--exp-name", "cross", *extra)
+        assert code == 2, err
+        assert err.count("\n") == 1 and err.startswith("error: the model file does not fit this script's network"), err
+    assert not list((tmp_path / "runs").glob("*cross*"))  # nothing ran: no empty run directories left behind
+
 
 def test_cli_brax_smoke_with_preset(tmp_path):
-    out = run_script(tmp_path, "--config", os.path.join(ROOT, "configs", "sac_brax_hopper.yaml"),
+    out = run_script(tmp_path, "sac.py", "--config", os.path.join(ROOT, "configs", "sac_brax_hopper.yaml"),
                      "--env-id", "brax/inverted_pendulum", "--brax-backend", "positional", "--num-envs", "8",
                      "--total-timesteps", "1024", "--learning-starts", "256", "--batch-size", "32",
                      "--grad-updates-per-step", "2", "--actor-hidden", "16", "--critic-hidden", "16",
                      "--log-every", "128", "--eval-every", "512", "--num-eval-envs", "2",
                      "--eval-max-episode-steps", "50", "--exp-name", "smoke")
     assert out.returncode == 0, out.stderr
-    (run_dir,) = (tmp_path / "runs").iterdir()
+    (run_dir,) = list_runs(tmp_path)
     rows = read_metrics(run_dir)
     evals = [float(r["value"]) for r in rows if r["metric"] == "eval/episodic_return"]
     assert len(evals) == 2 and all(0 < v <= 50 for v in evals)
@@ -206,8 +213,8 @@ def test_same_seed_same_run_and_updates_follow_the_schedule():
     env = scripted_env()
     args = sac.Args(env_id="scripted", num_envs=2, total_timesteps=40, learning_starts=10, batch_size=4,
                     grad_updates_per_step=3, policy_frequency=2, actor_hidden=(8,), critic_hidden=(8,))
-    init, train_chunk, _ = sac.make_train(args, env, env, 5, 4)  # 4 log intervals of 5 vector steps
-    train_chunk = jax.jit(train_chunk)
+    init, train_iteration, _ = sac.make_train(args, env, env)
+    train_chunk = jax.jit(logged_rows(train_iteration, 5, 4))  # 4 logged rows of 5 vector steps
     (a, ma), (b, mb), (c, _) = (train_chunk(init(jax.random.PRNGKey(k))) for k in (0, 0, 1))
     for x, y in zip(jax.tree.leaves((a.params, ma)), jax.tree.leaves((b.params, mb))):
         np.testing.assert_array_equal(x, y)
@@ -218,26 +225,3 @@ def test_same_seed_same_run_and_updates_follow_the_schedule():
     assert int(a.opt_state["actor"][0].count) == 23 * 2
     assert np.isnan(ma["losses/qf_loss"][0]) and np.isfinite(ma["losses/qf_loss"][1:]).all()
     np.testing.assert_array_equal(a.params["qf"][0]["w"].shape, (2, 2, 8))  # twin Q: obs 1 + action 1
-
-
-def test_interrupt_mid_chunk_keeps_logs_and_last_completed_checkpoint(tmp_path):
-    # the chunk's state is donated, so the checkpoint must come from the last chunk that finished
-    import signal
-    import time
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "sac.py"), "--env-id", "Pendulum-v1",
-                             "--total-timesteps", "2000000", "--learning-starts", "100", "--log-every", "100",
-                             "--eval-every", "500", "--num-eval-envs", "2", "--batch-size", "64", "--save-model"],
-                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline, logged = time.time() + 240, 0
-    while time.time() < deadline and logged < 40:
-        time.sleep(0.5)
-        csvs = list(tmp_path.glob("runs/*/metrics.csv"))
-        logged = len(read_metrics(csvs[0].parent)) if csvs else 0
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "interrupted" in err, err[-2000:]
-    (run_dir,) = (tmp_path / "runs").iterdir()
-    assert len(read_metrics(run_dir)) >= logged >= 40
-    ckpt = sac.load_checkpoint(str(run_dir / "model.ckpt"))
-    assert set(ckpt["params"]) == {"actor", "qf", "qf_target", "log_alpha"}
-    assert np.isfinite(ckpt["params"]["actor"][0]["w"]).all()
