@@ -52,6 +52,7 @@ class Args:
     normalize_obs: bool = True  # running observation normalisation (frozen at evaluation)
     normalize_reward: bool = True  # scale rewards by the std of the discounted return
     reward_scale: float = 1.0  # multiply rewards by this (after normalisation)
+    gymnasium_norm_stats: bool = False  # update the statistics as Gymnasium's wrappers do (CleanRL): see README
 
     learning_rate: float = 3e-4  # Adam learning rate
     anneal_lr: bool = True  # anneal the learning rate linearly to 0, once per iteration
@@ -173,7 +174,7 @@ def make_train(args, env, eval_env):
         ratio = jnp.exp(logratio)
         advantages = mb.advantages
         if args.norm_adv:
-            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+            advantages = (advantages - advantages.mean()) / (advantages.std(ddof=1) + 1e-8)  # torch's std
         clip = hp["clip_coef"]
         pg_loss = jnp.maximum(-advantages * ratio, -advantages * jnp.clip(ratio, 1 - clip, 1 + clip)).mean()
         new_value = value(params, mb.obs)
@@ -259,6 +260,9 @@ def check_args(args):
     if batch_size % args.num_minibatches:
         raise UsageError(f"batch size num_envs x num_steps = {batch_size} is not divisible by --num-minibatches "
                          f"{args.num_minibatches}; pick a divisor of {batch_size}")
+    if args.norm_adv and batch_size < 2 * args.num_minibatches:
+        raise UsageError(f"minibatches of {batch_size // args.num_minibatches} sample(s) cannot normalise advantages; "
+                         f"use fewer --num-minibatches or --no-norm-adv")
     if args.total_timesteps < batch_size:
         raise UsageError(f"--total-timesteps {args.total_timesteps} is less than one rollout "
                          f"(num_envs x num_steps = {batch_size}); raise it or shorten the rollout")

@@ -130,7 +130,6 @@ def make_train(args, env, eval_env):
     scale = jnp.asarray((spec.action_high - spec.action_low) / 2.0)
     bias = jnp.asarray((spec.action_high + spec.action_low) / 2.0)
     target_entropy = -float(action_dim) if args.target_entropy is None else args.target_entropy
-    learning_starts = -(-args.learning_starts // args.num_envs)  # in vector-env steps
     actor_tx, q_tx, alpha_tx = optax.adam(args.policy_lr), optax.adam(args.q_lr), optax.adam(args.q_lr)
 
     def actor_head(actor, obs):
@@ -240,7 +239,8 @@ def make_train(args, env, eval_env):
         random_action = jax.random.uniform(k_random, (args.num_envs, action_dim), minval=spec.action_low,
                                            maxval=spec.action_high)
         policy_action, _ = sample_action(params["actor"], env.observe(env_state.norm, obs), k_policy)
-        action = jnp.where(iteration < learning_starts, random_action, policy_action)
+        global_step = iteration * args.num_envs  # env steps taken before this one, as CleanRL counts them
+        action = jnp.where(global_step < args.learning_starts, random_action, policy_action)
 
         # --- step and store: the true final observation at an episode's end, termination as terminal ---
         env_state, next_obs, reward, terminated, truncated, final_obs, episode = env.step(env_state, action)
@@ -253,12 +253,12 @@ def make_train(args, env, eval_env):
 
         # --- learn: Q updates on fresh batches, the actor and alpha on the delayed schedule ---
         def learn():
-            first = (iteration - learning_starts) * args.grad_updates_per_step
+            first = iteration * args.grad_updates_per_step  # Q update index: CleanRL's global_step when 1 per step
             carry, m = jax.lax.scan(update, (params, opt_state, buffer, norm, size, k_update),
                                     first + jnp.arange(args.grad_updates_per_step))
             return carry[0], carry[1], jax.tree.map(jnp.nanmean, m)
 
-        params, opt_state, metrics = jax.lax.cond(iteration >= learning_starts, learn,
+        params, opt_state, metrics = jax.lax.cond(global_step > args.learning_starts, learn,
                                                   partial(unchanged, params, opt_state, learn))
         return TrainState(params, opt_state, env_state, next_obs, buffer, key, iteration + 1), {**metrics,
                                                                                                **episode.sums()}

@@ -59,11 +59,11 @@ def ppo_rates(env_id, num_envs, updates):
     def timed(iteration, state):  # the scripts' compiled loop (common.runner): one iteration, then `updates`
         chunk, row = jit_chunk(make_chunk(jax.vmap(iteration), 1, updates)), empty_row(jax.vmap(iteration), state)
         start = time.perf_counter()
-        state, row, _, _ = chunk(state, row, 1)
+        state, row, *_ = chunk(state, row, 1)
         jax.block_until_ready(state)
         first = time.perf_counter() - start
         start = time.perf_counter()
-        state, row, _, _ = chunk(state, row, updates)
+        state, row, *_ = chunk(state, row, updates)
         jax.block_until_ready(state)
         return state, updates * batch / (time.perf_counter() - start), first
 

@@ -46,12 +46,12 @@ def steps_per_second(args, env, steps_per_chunk, chunks):
     state = jit(init)(jax.random.PRNGKey(0)[None], None, None)
     chunk, row = jit_chunk(make_chunk(iteration, steps_per_chunk, 1), donate=True), empty_row(iteration, state)
     start = time.perf_counter()
-    state, row, _, _ = chunk(state, row, steps_per_chunk)
+    state, row, *_ = chunk(state, row, steps_per_chunk)
     jax.block_until_ready(state)
     first = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(chunks):
-        state, row, _, _ = chunk(state, row, steps_per_chunk)
+        state, row, *_ = chunk(state, row, steps_per_chunk)
     jax.block_until_ready(state)
     return chunks * steps_per_chunk * args.num_envs / (time.perf_counter() - start), first
 

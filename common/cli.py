@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any, Callable, Sequence
 
 import tyro
@@ -111,29 +112,60 @@ def check_ranges(args: Any, ranges: dict) -> None:
                              f"pass a value {'> 0' if positive else 'in ' + interval}")
 
 
-# Ctrl-C (SIGINT) and SIGTERM, which cluster schedulers send before killing a job. Outside the training loop
-# the first one raises KeyboardInterrupt; inside it only sets STOP, and the loop stops after its current
-# chunk (a few seconds) with everything written. A second signal quits at once.
+# Ctrl-C (SIGINT) and SIGTERM, which cluster schedulers send before killing a job. The first one sets STOP: the
+# training loop stops after its current chunk (a few seconds) with everything written; outside that loop it
+# also raises KeyboardInterrupt. A second one quits at once. Python runs signal handlers only when the main
+# thread runs Python code, not while it waits in XLA (a compile, a chunk), so a watcher thread counts them:
+# the C-level handler writes each signal's number to a pipe (signal.set_wakeup_fd) the moment it arrives.
 STOP = threading.Event()
 TRAINING = threading.Event()  # set by the training loop while it runs
+GRACE = 8.0  # seconds the orderly stop may take before the run quits with what is complete (a long compile)
 _received = []
+_on_quit = []  # set by the training loop: writes what is complete (logs, last completed chunk's checkpoint)
 
 
 def _on_signal(signum, frame):
-    if STOP.is_set():
-        os._exit(128 + signum)
-    _received.append(signum)
-    STOP.set()
     if not TRAINING.is_set():
+        _received.append(signum)
         raise KeyboardInterrupt
-    print(f"\n{signal.Signals(signum).name}: stopping after the current chunk; send it again to quit at once",
-          file=sys.stderr, flush=True)
+
+
+def _watch(pipe: int) -> None:
+    while True:
+        try:
+            signum = os.read(pipe, 1)[0]
+        except (OSError, IndexError):  # closed when run_main returns
+            return os.close(pipe)
+        if STOP.is_set():
+            os._exit(128 + signum)
+        _received.append(signum)
+        STOP.set()
+        print(f"\n{signal.Signals(signum).name}: stopping after the current chunk; send it again to quit at once",
+              file=sys.stderr, flush=True)
+        threading.Thread(target=_quit_after_grace, args=(signum,), daemon=True).start()
+
+
+def _quit_after_grace(signum: int) -> None:
+    """The main thread has not stopped within GRACE seconds (it waits in XLA): keep what is complete, quit."""
+    time.sleep(GRACE)
+    for write_what_is_complete in _on_quit:
+        write_what_is_complete()
+    print(f"stopped by {signal.Signals(signum).name} while the program was compiling or running a chunk: logs "
+          f"are flushed and, with --save-model, the last completed chunk is saved", file=sys.stderr, flush=True)
+    os._exit(128 + signum)
 
 
 def run_main(main: Callable[[], None]) -> None:
     """Run a script's main: usage errors print one line and exit 2, a divergence one line and exit 3; Ctrl-C
     exits 130 and SIGTERM 143, after the logs are flushed and, with --save-model, the last chunk is saved."""
+    STOP.clear()
+    _received.clear()
+    _on_quit.clear()
+    read, write = os.pipe()
+    os.set_blocking(write, False)
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous_fd = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+    threading.Thread(target=_watch, args=(read,), daemon=True).start()
     try:
         main()
     except UsageError as e:
@@ -150,5 +182,7 @@ def run_main(main: Callable[[], None]) -> None:
         # Exit without interpreter teardown: a compile or host env callback may still be running under it.
         os._exit(128 + signum)
     finally:
+        signal.set_wakeup_fd(previous_fd)
         for s, handler in previous.items():
             signal.signal(s, handler)
+        os.close(write)

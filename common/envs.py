@@ -74,9 +74,16 @@ def init_stats(shape: tuple) -> RunningStats:
     return RunningStats(jnp.zeros(shape, jnp.float32), jnp.ones(shape, jnp.float32), jnp.float32(1e-4))
 
 
-def update_stats(stats: RunningStats, batch: jax.Array) -> RunningStats:
-    """Merge a batch (leading axis) into running mean/variance (Chan et al.'s parallel Welford)."""
-    n, mean, var = batch.shape[0], batch.mean(0), batch.var(0)
+def update_stats(stats: RunningStats, batch: jax.Array, mask: jax.Array | None = None) -> RunningStats:
+    """Merge a batch (leading axis; only rows where `mask`, if given) into running mean/variance (Chan et al.'s
+    parallel Welford)."""
+    if mask is None:
+        n, mean, var = batch.shape[0], batch.mean(0), batch.var(0)
+    else:
+        w = mask.reshape(mask.shape + (1,) * (batch.ndim - 1)).astype(batch.dtype)
+        n = mask.sum().astype(batch.dtype)
+        mean = (w * batch).sum(0) / jnp.maximum(n, 1)
+        var = (w * (batch - mean) ** 2).sum(0) / jnp.maximum(n, 1)
     delta, total = mean - stats.mean, stats.count + n
     m2 = stats.var * stats.count + var * n + delta**2 * stats.count * n / total
     return RunningStats(stats.mean + delta * n / total, m2 / total, total)
@@ -263,11 +270,14 @@ def make_env(env_id: str, num_envs: int, *, num_copies: int = 1, max_episode_ste
              normalize_obs: bool = False, normalize_reward: bool = False, gamma: float = 0.99,
              reward_scale: float = 1.0, clip: float = 10.0, freeze_stats: bool = False,
              brax_backend: str = "generalized", brax_true_reset: bool = True, asynchronous: bool = False,
-             video_dir: str | None = None, raw_obs: bool = False) -> Env:
+             video_dir: str | None = None, raw_obs: bool = False, gymnasium_stats: bool = False) -> Env:
     """Build an env; `num_copies` is the number of vmapped seeds that will share it (Gymnasium) or be
     stepped one after another by its video callback (Brax). With `freeze_stats=True` the statistics passed
     to `reset` stay frozen (evaluation). With `raw_obs=True` the statistics are kept but observations are
-    returned raw, for `env.observe` on use (a replay buffer). Continuous actions are clipped to the bounds."""
+    returned raw, for `env.observe` on use (a replay buffer). With `gymnasium_stats=True` the statistics are
+    updated as Gymnasium's NormalizeObservation and NormalizeReward update them (CleanRL): terminal observations
+    included, and the discounted return zeroed only by a termination, before the step's reward is added, so
+    that it runs on across time limits. Continuous actions are clipped to the bounds."""
     check_env_id(env_id)
     if env_id.startswith("brax/"):
         if brax_backend not in BRAX_BACKENDS:
@@ -287,8 +297,9 @@ def make_env(env_id: str, num_envs: int, *, num_copies: int = 1, max_episode_ste
 
     def reset(key, norm=None):
         inner, obs = base_reset(key)
-        norm = NormStats(init_stats(spec.obs_shape), init_stats(())) if norm is None else norm
-        if normalize_obs and not freeze_stats:
+        fresh = norm is None  # given statistics (a loaded model) change only with the steps that follow
+        norm = NormStats(init_stats(spec.obs_shape), init_stats(())) if fresh else norm
+        if normalize_obs and not freeze_stats and fresh:
             norm = norm._replace(obs=update_stats(norm.obs, obs))
         zeros = jnp.zeros(num_envs, jnp.float32)
         return EnvState(inner, zeros, jnp.zeros(num_envs, jnp.int32), zeros, norm), out(norm, obs)
@@ -299,7 +310,10 @@ def make_env(env_id: str, num_envs: int, *, num_copies: int = 1, max_episode_ste
         inner, obs, reward, terminated, truncated, final_obs = base_step(state.inner, action)
         done = terminated | truncated
         ep_return, ep_length = state.episode_return + reward, state.episode_length + 1
-        discounted, norm = state.discounted_return * gamma + reward, state.norm
+        keep = gamma * (1.0 - terminated) if gymnasium_stats else gamma  # Gymnasium: a termination ends the sum
+        discounted, norm = state.discounted_return * keep + reward, state.norm
+        if normalize_obs and not freeze_stats and gymnasium_stats:  # the terminal observation, then the reset one
+            norm = norm._replace(obs=update_stats(norm.obs, final_obs, done))
         if normalize_obs and not freeze_stats:
             norm = norm._replace(obs=update_stats(norm.obs, obs))
         if normalize_reward and not freeze_stats:
@@ -307,7 +321,7 @@ def make_env(env_id: str, num_envs: int, *, num_copies: int = 1, max_episode_ste
         if normalize_reward:  # CleanRL/Gymnasium: divide by the std of the discounted return
             reward = jnp.clip(reward / jnp.sqrt(norm.ret.var + 1e-8), -clip, clip)
         state = EnvState(inner, jnp.where(done, 0.0, ep_return), jnp.where(done, 0, ep_length),
-                         jnp.where(done, 0.0, discounted), norm)
+                         discounted if gymnasium_stats else jnp.where(done, 0.0, discounted), norm)
         episode = EpisodeStats(done, ep_return, ep_length)
         return state, out(norm, obs), reward * reward_scale, terminated, truncated, out(norm, final_obs), episode
 

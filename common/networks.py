@@ -21,8 +21,8 @@ def orthonormal_columns(z: jax.Array) -> jax.Array:
 
 def mlp_init(key: jax.Array, sizes: tuple, out_scale: float, hidden_scale: float = float(np.sqrt(2))) -> list:
     """Orthogonal weights with gain `hidden_scale` (last layer `out_scale`) and zero biases, as in CleanRL.
-    Not jax.nn.initializers.orthogonal: its LAPACK QR, vmapped over seeds, still deadlocks XLA's CPU thread
-    pool on the pinned JAX (2 of 6 tries hung); one zero-padded Gram-Schmidt loop serves all layers."""
+    Not jax.nn.initializers.orthogonal: its LAPACK QR, vmapped over seeds, can deadlock XLA's CPU thread pool
+    on the pinned JAX; one zero-padded Gram-Schmidt loop serves all layers."""
     shapes = [(max(n_in, n_out), min(n_in, n_out)) for n_in, n_out in zip(sizes[:-1], sizes[1:])]
     mask = np.zeros((len(shapes), max(r for r, _ in shapes), max(c for _, c in shapes)), np.float32)
     for i, (r, c) in enumerate(shapes):

@@ -11,6 +11,7 @@ import itertools
 import os
 import shutil
 import sys
+import threading
 import time
 from typing import NamedTuple
 
@@ -18,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common.cli import STOP, TRAINING, Diverged, UsageError
+from common.cli import STOP, TRAINING, Diverged, UsageError, _on_quit
 from common.envs import make_env
 from common.logger import MeanLogger, RunLogger, prepare_run_dir, restore, run_name, save_checkpoint
 
@@ -98,35 +99,48 @@ def make_evaluate(eval_env, act):
     return evaluate
 
 
+class Row(NamedTuple):
+    """A logged row while it fills: sums and counts of the measured (non-NaN) metric values, iterations so far."""
+    sums: dict
+    counts: dict
+    iterations: jax.Array
+
+
 def make_chunk(iteration, iterations_per_row: int, max_rows: int):
-    """`chunk(state, row, n) -> (state, row, rows, rows_done)`: `n` iterations (an argument, so chunks of any
-    length share one compiled program), their metrics averaged into rows[:rows_done] per `iterations_per_row`
-    iterations, NaNs ("not measured") left out. `row` carries a row that is still filling across chunks."""
+    """`chunk(state, row, n) -> (state, row, rows, rows_done, diverged_at)`: `n` iterations (an argument, so
+    chunks of any length share one compiled program), their metrics averaged into rows[:rows_done] per
+    `iterations_per_row` iterations, NaNs ("not measured") left out; `row` carries a row that is still filling
+    across chunks. `diverged_at` is the first iteration (from 1) after which a parameter was NaN or inf, else 0."""
+    def add(row, metrics):
+        measured = {k: jnp.ones_like(m, bool) if k in SUMMED else ~jnp.isnan(m) for k, m in metrics.items()}
+        return Row({k: row.sums[k] + jnp.where(measured[k], m, 0).astype(jnp.float32) for k, m in metrics.items()},
+                   {k: row.counts[k] + measured[k] for k in metrics}, row.iterations + 1)
+
     def chunk(state, row, n):
         def body(carry):
-            i, state, (sums, counts, k), rows, r = carry
+            i, state, row, rows, done, diverged_at = carry
             state, metrics = iteration(state)
-            for key, m in metrics.items():
-                measured = jnp.ones_like(m, bool) if key in SUMMED else ~jnp.isnan(m)
-                sums = {**sums, key: sums[key] + jnp.where(measured, m, 0).astype(jnp.float32)}
-                counts = {**counts, key: counts[key] + measured}
-            rows = {key: rows[key].at[r].set(sums[key] if key in SUMMED else sums[key] / counts[key]) for key in rows}
-            k = k + 1
-            full = k == iterations_per_row
-            empty = lambda tree: jax.tree.map(lambda x: jnp.where(full, 0, x), tree)  # noqa: E731
-            return i + 1, state, (empty(sums), empty(counts), jnp.where(full, 0, k)), rows, r + full
+            row = add(row, metrics)
+            means = {k: row.sums[k] if k in SUMMED else row.sums[k] / row.counts[k] for k in rows}
+            rows = {k: rows[k].at[done].set(means[k]) for k in rows}  # rewritten until the row is full
+            full = row.iterations == iterations_per_row
+            row = jax.tree.map(lambda x: jnp.where(full, 0, x), row)
+            finite = jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(state.params)]).all()
+            diverged_at = jnp.where((diverged_at == 0) & ~finite, i + 1, diverged_at)
+            return i + 1, state, row, rows, done + full, diverged_at
 
-        rows = jax.tree.map(lambda x: jnp.zeros((max_rows, *x.shape), jnp.float32), row[0])
-        _, state, row, rows, r = jax.lax.while_loop(lambda c: c[0] < n, body, (0, state, row, rows, 0))
-        return state, row, rows, r
+        rows = jax.tree.map(lambda x: jnp.zeros((max_rows, *x.shape), jnp.float32), row.sums)
+        _, state, row, rows, done, diverged_at = jax.lax.while_loop(lambda c: c[0] < n, body,
+                                                                    (0, state, row, rows, 0, 0))
+        return state, row, rows, done, diverged_at
 
     return chunk
 
 
-def empty_row(iteration, state):
+def empty_row(iteration, state) -> Row:
     """The `row` argument of a chunk before its first iteration."""
     zeros = jax.tree.map(lambda m: jnp.zeros(m.shape, jnp.float32), jax.eval_shape(iteration, state)[1])
-    return zeros, zeros, jnp.int32(0)
+    return Row(zeros, zeros, jnp.int32(0))
 
 
 def parse_sweep(args, sweepable: tuple, check) -> list[dict]:
@@ -149,6 +163,9 @@ def parse_sweep(args, sweepable: tuple, check) -> list[dict]:
     settings = [dict(combo) for combo in itertools.product(*axes)]
     for setting in settings:
         check(dataclasses.replace(args, **setting))
+    if "gamma" in settings[0] and getattr(args, "normalize_reward", False):
+        raise UsageError("--sweep gamma with --normalize-reward: the reward scale's discount is one for all runs; "
+                         "pass --no-normalize-reward or sweep another knob")
     return settings
 
 
@@ -184,7 +201,8 @@ def open_experiment(args, settings: list, steps_per_iteration: int, iterations_p
     kwargs = dict(normalize_obs=args.normalize_obs, normalize_reward=getattr(args, "normalize_reward", False),
                   gamma=args.gamma, reward_scale=args.reward_scale, asynchronous=args.async_envs,
                   brax_backend=getattr(args, "brax_backend", "generalized"),
-                  brax_true_reset=getattr(args, "brax_true_reset", True))
+                  brax_true_reset=getattr(args, "brax_true_reset", True),
+                  gymnasium_stats=getattr(args, "gymnasium_norm_stats", False))
     env = make_env(args.env_id, args.num_envs, num_copies=len(seeds), max_episode_steps=args.max_episode_steps,
                    raw_obs=raw_obs, **kwargs)
     try:
@@ -249,7 +267,8 @@ def train_or_evaluate(args, exp: Experiment, ckpt, init, iteration, evaluate, *i
             exp.eval_env.close()
             raise
     state = spread_runs(args, jit(init)(keys, *init_args, params, norm), len(exp.seeds))
-    max_rows = min(exp.num_rows, max(1, -(-args.eval_every // (exp.steps_per_iteration * exp.iterations_per_row))))
+    max_rows = min(exp.num_rows, max(1, -(-args.eval_every // (exp.steps_per_iteration * exp.iterations_per_row))),
+                   256)
     chunk, row = jit_chunk(make_chunk(iteration, exp.iterations_per_row, max_rows), donate), empty_row(iteration, state)
     evaluate = jit(evaluate)
     try:
@@ -291,26 +310,39 @@ def finite_runs(params):
 
 def train_loop(args, exp: Experiment, state, row, max_rows: int, chunk, evaluate) -> np.ndarray:
     """Run the iterations in chunks of about CHUNK_SECONDS, logging every row at global_step = env steps per run,
-    evaluating at the first row end past every args.eval_every steps and at the end; returns the last
+    evaluating at the first row end at or past every args.eval_every steps and at the end; returns the last
     evaluation's mean return per run. Stopped (Ctrl-C, SIGTERM), crashed or diverged, it keeps the logs and
     saves the last good state (with --save-model)."""
-    loggers, per_row = exp.loggers, exp.iterations_per_row
-    row_steps, total = exp.steps_per_iteration * per_row, exp.num_rows * exp.steps_per_iteration * per_row
+    loggers, per_row, step_size = exp.loggers, exp.iterations_per_row, exp.steps_per_iteration
+    row_steps, total = step_size * per_row, exp.num_rows * step_size * per_row
     progress = Progress(total)
     global_step, next_eval, last_return = 0, args.eval_every, float("nan")
     eval_returns = np.full(len(loggers), np.nan)
-    completed, saved = None, False  # host copy of (params, norm) after the last good chunk
-    n, filled, start = 1, 0, time.time()  # iterations in the next chunk; of them already in a row
-    measured = np.zeros(len(loggers), bool)  # per run: a row with finite losses was logged
+    completed, saved = None, False  # host copy of (params, norm) after the last good chunk, and its step
+    target, iterations, start = 1, 0, time.time()  # iterations per chunk (grown to ~CHUNK_SECONDS), done so far
+    host = threading.RLock()  # held while the loop writes; a signal's deadline (common.cli) writes under it too
+
+    def write_what_is_complete():
+        with host:
+            if completed is not None and not saved:
+                save_runs(*completed[:2], exp.run_dirs, exp.configs)
+            for logger in loggers:
+                logger.close()
+
+    _on_quit.append(write_what_is_complete)
     TRAINING.set()
     try:
         while global_step < total and not STOP.is_set():
             rows_left = min(-(-(next_eval - global_step) // row_steps), (total - global_step) // row_steps, max_rows)
-            n = min(n, rows_left * per_row - filled)
+            n = min(target, rows_left * per_row - iterations % per_row)  # no further than the next evaluation
             began = time.time()
-            state, row, rows, done = chunk(state, row, n)
-            rows, done = jax.device_get((rows, done))
-            elapsed, filled = time.time() - began, (filled + n) % per_row
+            state, row, rows, done, diverged_at = chunk(state, row, n)
+            rows, done, diverged_at = jax.device_get((rows, done, diverged_at))
+            elapsed = time.time() - began
+            host.acquire()
+            if diverged_at:  # log the rows up to the one that ends with the iteration that diverged, no further
+                at = (iterations + diverged_at) * step_size
+                done = min(done, (at - global_step) // row_steps)
             episodes = rows["episodes"]
             for u in range(done):
                 for i, logger in enumerate(loggers):
@@ -319,21 +351,17 @@ def train_loop(args, exp: Experiment, state, row, max_rows: int, chunk, evaluate
                         values["charts/episodic_return"] = rows["return_sum"][u, i] / episodes[u, i]
                         values["charts/episodic_length"] = rows["length_sum"][u, i] / episodes[u, i]
                     logger.log(global_step + (u + 1) * row_steps, values)
-            diverged = ~np.asarray(finite_runs(state.params))
-            if diverged.any():
-                i = int(np.argmax(diverged))
-                ok = np.isfinite(np.stack([v[:done, i] for k, v in rows.items() if k.startswith("losses/")])).all(0)
-                # NaN rows before the first finite one of the run are "not measured yet" (SAC before learning)
-                bad = np.flatnonzero(~ok & (measured[i] | (np.cumsum(ok) > 0)))
-                at = global_step + (bad[0] + 1 if bad.size else max(done, 1)) * row_steps
-                raise Diverged(f"training diverged at global_step {at} (NaN or inf in the parameters of seed "
-                               f"{exp.seeds[i]}); logs up to there are kept"
-                               + (f", and the checkpoint of global_step {global_step}" if completed else "")
+            if diverged_at:
+                bad = ~np.asarray(finite_runs(state.params))
+                seed = f"seed {exp.seeds[int(np.argmax(bad))]}" if bad.any() else "a seed"
+                raise Diverged(f"training diverged at global_step {at} (NaN or inf in the parameters of {seed}); "
+                               f"logs up to there are kept" + (f", and the checkpoint of global_step {completed[2]}"
+                                                               if completed else "")
                                + "; lower the learning rate or check the rewards")
-            losses = np.stack([v[:done] for k, v in rows.items() if k.startswith("losses/")])
-            measured |= np.isfinite(losses).all(0).any(0)
+            iterations += n
             if args.save_model:  # the state itself may be donated to a chunk that never finishes
-                completed, saved = jax.device_get((state.params, state.env_state.norm)), False
+                completed = (*jax.device_get((state.params, state.env_state.norm)), iterations * step_size)
+                saved = False
             ended = episodes[done - 1] > 0 if done else np.zeros(len(loggers), bool)
             if ended.any():
                 last_return = float(np.mean(rows["return_sum"][done - 1, ended] / episodes[done - 1, ended]))
@@ -341,24 +369,28 @@ def train_loop(args, exp: Experiment, state, row, max_rows: int, chunk, evaluate
             sps = int(global_step / (time.time() - start))
             for logger in loggers if done else []:
                 logger.log(global_step, {"charts/SPS": sps})
-            if global_step >= next_eval or global_step == total:
+            if (global_step >= next_eval or global_step == total) and not STOP.is_set():
                 next_eval += args.eval_every * max(1, (global_step - next_eval) // args.eval_every + 1)
                 eval_returns = evaluate_runs(evaluate, state, exp.seeds, global_step, loggers)
                 if completed is not None:
-                    save_runs(*completed, exp.run_dirs, exp.configs)
+                    save_runs(*completed[:2], exp.run_dirs, exp.configs)
                     saved = True
             for logger in {id(logger): logger for logger in loggers}.values():  # seeds may share one
                 logger.flush()
             progress.update(global_step, sps, last_return, np.mean(eval_returns))
-            n = max(1, min(4 * n, int(n * CHUNK_SECONDS / max(elapsed, 1e-3))))  # the first chunk compiled too
+            host.release()
+            # the chunk's measured rate sets the next one's length (the first chunk also compiled: it stays short)
+            target = max(1, min(4 * target, int(n * CHUNK_SECONDS / max(elapsed, 1e-3))))
     finally:
-        TRAINING.clear()
+        host.acquire()  # this thread may hold it already; a signal's deadline may be writing
         progress.close()
         if completed is not None and not saved:  # the end of training was saved with its evaluation
-            save_runs(*completed, exp.run_dirs, exp.configs)
+            save_runs(*completed[:2], exp.run_dirs, exp.configs)
+            saved = True
         for logger in loggers:
             logger.close()
-    if STOP.is_set():
+        TRAINING.clear()
+    if global_step < total:  # stopped by a signal
         raise KeyboardInterrupt
     print(f"done: {global_step} steps per run in {time.time() - start:.1f}s, final eval return "
           f"{np.mean(eval_returns):.2f} (runs in {os.path.dirname(exp.run_dirs[0])}/)")
@@ -384,8 +416,8 @@ class Progress:
     def update(self, step: int, sps: int, train_return: float, eval_return: float) -> None:
         info = f"SPS {sps}  return {train_return:.1f}  eval {eval_return:.1f}"
         if self.bar is not None:
-            return self.bar.update(self.task, completed=step, info=info)
-        if time.time() - self.last_line >= 15 or step == self.total:
+            self.bar.update(self.task, completed=step, info=info)
+        elif time.time() - self.last_line >= 15 or step == self.total:
             self.last_line = time.time()
             eta = (time.time() - self.start) * (self.total - step) / max(step, 1)
             print(f"step {step:,}/{self.total:,} ({100 * step / self.total:.0f}%)  {info}  "

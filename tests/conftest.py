@@ -55,6 +55,6 @@ def logged_rows(train_iteration, iterations_per_row, num_rows):
 
     def run(state):
         chunk = runner.make_chunk(train_iteration, iterations_per_row, num_rows)
-        state, _, rows, _ = chunk(state, runner.empty_row(train_iteration, state), iterations_per_row * num_rows)
+        state, _, rows, *_ = chunk(state, runner.empty_row(train_iteration, state), iterations_per_row * num_rows)
         return state, rows
     return run

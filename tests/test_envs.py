@@ -230,3 +230,66 @@ def test_raw_obs_keeps_the_statistics_and_observe_normalises_on_use():
     np.testing.assert_allclose(raw.observe(state_r.norm, obs_r[-1]), obs_n[-1], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(normed.observe(state_n.norm, obs_r[-1]), obs_n[-1], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(plain.observe(state_r.norm, obs_r[-1]), obs_r[-1])  # off: unchanged
+
+
+def cleanrl_wrapped(env_id, seed, actions, gamma, max_steps=None):
+    """CleanRL's wrapper stack around one Gymnasium env, stepped by hand (reset at every episode end, as a
+    vector env does): the observations and rewards the agent gets, and the wrappers' statistics."""
+    env = gym.make(env_id, max_episode_steps=max_steps)
+    env = gym.wrappers.NormalizeObservation(env)
+    norm_obs = env
+    env = gym.wrappers.TransformObservation(env, lambda o: np.clip(o, -10, 10), env.observation_space)
+    env = gym.wrappers.NormalizeReward(env, gamma=gamma)
+    norm_reward = env
+    env = gym.wrappers.TransformReward(env, lambda r: np.clip(r, -10, 10))
+    env.reset(seed=seed)
+    seen, rewards, terminations = [], [], 0
+    for a in actions:
+        obs, r, term, trunc, _ = env.step(a)
+        terminations += term
+        if term or trunc:
+            obs, _ = env.reset()
+        seen.append(obs)
+        rewards.append(r)
+    return np.array(seen), np.array(rewards), norm_obs.obs_rms, norm_reward.return_rms, terminations
+
+
+@pytest.mark.parametrize("env_id, max_steps, discrete", [("CartPole-v1", None, True), ("Pendulum-v1", 7, False)])
+def test_gymnasium_stats_reproduce_cleanrls_wrappers(env_id, max_steps, discrete):
+    # CartPole terminates, Pendulum (7-step limit) is truncated: both episode ends, several times
+    rng = np.random.default_rng(0)
+    actions = rng.integers(0, 2, 150) if discrete else rng.uniform(-2, 2, (60, 1)).astype(np.float32)
+    env = make_env(env_id, 1, max_episode_steps=max_steps, normalize_obs=True, normalize_reward=True, gamma=0.9,
+                   gymnasium_stats=True)
+    _, state, (obs, reward, term, trunc, _, _) = rollout(env, jnp.asarray(actions)[:, None])
+    seen, rewards, obs_rms, return_rms, terminations = cleanrl_wrapped(env_id, host_seed(0), actions, 0.9,
+                                                                      max_steps)
+    assert (terminations > 1) == discrete and (int(np.asarray(trunc).sum()) > 1) != discrete
+    np.testing.assert_allclose(np.asarray(obs)[:, 0], seen, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(reward)[:, 0], rewards, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(state.norm.obs.mean, obs_rms.mean, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(state.norm.obs.var, obs_rms.var, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(state.norm.ret.var, return_rms.var, rtol=1e-4)
+    np.testing.assert_allclose(state.norm.obs.count, obs_rms.count, rtol=1e-6)
+    # the project's default differs: the return restarts at every episode end and terminal observations
+    # are not in the statistics
+    own = make_env(env_id, 1, max_episode_steps=max_steps, normalize_obs=True, normalize_reward=True, gamma=0.9)
+    _, own_state, _ = rollout(own, jnp.asarray(actions)[:, None])
+    assert own_state.norm.obs.count < state.norm.obs.count
+    assert not np.allclose(own_state.norm.ret.var, state.norm.ret.var)
+
+
+def test_masked_stats_update_merges_only_the_masked_rows():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(5, 3)), rng.normal(size=(4, 3))
+    mask = np.array([True, False, True, True, False, False, True, False, True])
+    batch = np.concatenate([a, b])
+    stats = update_stats(update_stats(init_stats((3,)), jnp.asarray(a, jnp.float32)), jnp.asarray(batch, jnp.float32),
+                         jnp.asarray(mask))
+    rows = np.concatenate([a, batch[mask]])
+    np.testing.assert_allclose(stats.mean, rows.mean(0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(stats.var, rows.var(0), rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(stats.count, 5 + mask.sum() + 1e-4, rtol=1e-6)
+    unchanged = update_stats(stats, jnp.asarray(batch, jnp.float32), jnp.zeros(9, bool))
+    np.testing.assert_allclose(unchanged.mean, stats.mean)
+    np.testing.assert_allclose(unchanged.count, stats.count)

@@ -1,4 +1,5 @@
 import types
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -99,23 +100,39 @@ def test_summary_is_one_row_per_setting(tmp_path, capsys):
     assert "final eval/episodic_return" in capsys.readouterr().out
 
 
+class Counter(NamedTuple):
+    params: jax.Array  # the iteration count, standing in for parameters
+
+
 def test_chunks_average_iterations_into_rows_and_carry_a_partial_row():
     def iteration(state):  # metrics of iteration s: losses/x = s, measured (not NaN) on odd s only
-        s = state + 1
-        return s, {"losses/x": jnp.where(s % 2 == 0, jnp.nan, s).astype(jnp.float32), "episodes": jnp.int32(1),
-                   "return_sum": s.astype(jnp.float32), "length_sum": jnp.int32(2)}
+        s = state.params + 1
+        return Counter(s), {"losses/x": jnp.where(s % 2 == 0, jnp.nan, s).astype(jnp.float32),
+                            "episodes": jnp.int32(1), "return_sum": s.astype(jnp.float32), "length_sum": jnp.int32(2)}
 
+    start = Counter(jnp.int32(0))
     chunk = jax.jit(runner.make_chunk(iteration, 3, 4))
-    state, row, rows, done = chunk(jnp.int32(0), runner.empty_row(iteration, jnp.int32(0)), 5)
-    assert int(state) == 5 and int(done) == 1  # iterations 4 and 5 wait in `row` for the next chunk
+    state, row, rows, done, diverged_at = chunk(start, runner.empty_row(iteration, start), 5)
+    assert int(state.params) == 5 and int(done) == 1 and int(diverged_at) == 0  # iterations 4, 5 wait in `row`
     assert rows["losses/x"][0] == 2.0 and rows["episodes"][0] == 3 and rows["return_sum"][0] == 6
-    state, row, rows, done = chunk(state, row, 7)
-    assert int(state) == 12 and int(done) == 3
+    state, row, rows, done, _ = chunk(state, row, 7)
+    assert int(state.params) == 12 and int(done) == 3
     np.testing.assert_array_equal(rows["losses/x"][:3], [5.0, 8.0, 11.0])  # NaNs left out of each mean
     np.testing.assert_array_equal(rows["return_sum"][:3], [4 + 5 + 6, 7 + 8 + 9, 10 + 11 + 12])  # sums summed
     np.testing.assert_array_equal(rows["length_sum"][:3], [6, 6, 6])
 
     per_iteration = jax.jit(runner.make_chunk(iteration, 1, 4))
-    _, _, rows, done = per_iteration(jnp.int32(0), runner.empty_row(iteration, jnp.int32(0)), 4)
+    _, _, rows, done, _ = per_iteration(start, runner.empty_row(iteration, start), 4)
     assert int(done) == 4
     np.testing.assert_array_equal(rows["losses/x"], [1.0, np.nan, 3.0, np.nan])  # nothing measured: NaN
+
+
+def test_chunk_names_the_first_iteration_whose_parameters_are_not_finite():
+    def iteration(state):  # parameters become inf after iteration 6, NaN after 8
+        s = state.params + 1
+        params = jnp.where(s >= 8, jnp.nan, jnp.where(s >= 6, jnp.inf, s))
+        return Counter(params), {"losses/x": params}
+
+    start = Counter(jnp.float32(2))
+    _, _, _, _, diverged_at = jax.jit(runner.make_chunk(iteration, 1, 10))(start, runner.empty_row(iteration, start), 9)
+    assert int(diverged_at) == 4  # iterations 1-3 give 3, 4, 5; the 4th gives inf

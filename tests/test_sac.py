@@ -209,6 +209,35 @@ def test_cli_brax_smoke_with_preset(tmp_path):
     assert np.isfinite([float(r["value"]) for r in rows if r["metric"].startswith("losses/")]).all()
 
 
+def cleanrl_schedule(args, iterations):
+    """Q and actor update counts of CleanRL's loop, step by step: at env step `global_step` (counted before the
+    step), update once global_step > learning_starts; the actor (policy_frequency times) and the target when
+    the update's index (= global_step with one update per step) divides by their frequencies."""
+    q_updates = actor_updates = 0
+    for iteration in range(iterations):
+        global_step = iteration * args.num_envs
+        if global_step > args.learning_starts:
+            for j in range(args.grad_updates_per_step):
+                q_updates += 1
+                if (iteration * args.grad_updates_per_step + j) % args.policy_frequency == 0:
+                    actor_updates += args.policy_frequency
+    return q_updates, actor_updates
+
+
+@pytest.mark.parametrize("num_envs, updates_per_step, learning_starts", [(1, 1, 10), (1, 1, 11), (3, 2, 7)])
+def test_update_schedule_is_cleanrls(num_envs, updates_per_step, learning_starts):
+    env = make_env("gymnax/Pendulum-v1", num_envs)
+    args = sac.Args(env_id="gymnax/Pendulum-v1", num_envs=num_envs, total_timesteps=30 * num_envs, batch_size=4,
+                    learning_starts=learning_starts, grad_updates_per_step=updates_per_step, policy_frequency=2,
+                    actor_hidden=(8,), critic_hidden=(8,))
+    init, train_iteration, _ = sac.make_train(args, env, env)
+    state, metrics = jax.jit(scan_iterations(train_iteration, 30))(init(jax.random.PRNGKey(0)))
+    assert (int(state.opt_state["qf"][0].count), int(state.opt_state["actor"][0].count)) == \
+        cleanrl_schedule(args, 30)
+    learnt = np.isfinite(metrics["losses/qf_loss"])  # per iteration: NaN where nothing was learnt
+    np.testing.assert_array_equal(learnt, np.arange(30) * num_envs > learning_starts)
+
+
 def test_same_seed_same_run_and_updates_follow_the_schedule():
     env = scripted_env()
     args = sac.Args(env_id="scripted", num_envs=2, total_timesteps=40, learning_starts=10, batch_size=4,
@@ -219,9 +248,8 @@ def test_same_seed_same_run_and_updates_follow_the_schedule():
     for x, y in zip(jax.tree.leaves((a.params, ma)), jax.tree.leaves((b.params, mb))):
         np.testing.assert_array_equal(x, y)
     assert not np.allclose(a.params["actor"][0]["w"], c.params["actor"][0]["w"])
-    # 10 random steps = 5 vector steps (the first log interval, no losses), then 15 vector steps x 3 Q
-    # updates; on every second Q update (23 of 45) the actor is updated policy_frequency = 2 times
-    assert int(a.iteration) == 20 and int(a.opt_state["qf"][0].count) == 45
-    assert int(a.opt_state["actor"][0].count) == 23 * 2
+    q_updates, actor_updates = cleanrl_schedule(args, 20)
+    assert int(a.iteration) == 20 and int(a.opt_state["qf"][0].count) == q_updates == 42
+    assert int(a.opt_state["actor"][0].count) == actor_updates == 21 * 2
     assert np.isnan(ma["losses/qf_loss"][0]) and np.isfinite(ma["losses/qf_loss"][1:]).all()
     np.testing.assert_array_equal(a.params["qf"][0]["w"].shape, (2, 2, 8))  # twin Q: obs 1 + action 1

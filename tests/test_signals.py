@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 
 from common.logger import load_checkpoint
@@ -47,13 +48,9 @@ def stop_and_check(tmp_path, proc, signum, code):
     (run_dir,) = glob.glob(str(tmp_path / "runs" / "*" / ""))
     assert len(read_metrics(run_dir)) >= logged > 0  # nothing already logged is lost
     ckpt = load_checkpoint(os.path.join(run_dir, "model.ckpt"), object())
-    assert all(np.isfinite(np.asarray(x)).all() for x in _leaves(ckpt["params"]))
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(ckpt["params"]))
     print(f"{signal.Signals(signum).name}: exit after {took:.1f} s")
     return ckpt, took
-
-
-def _leaves(tree):
-    return [x for v in tree.values() for x in _leaves(v)] if isinstance(tree, dict) else [tree]
 
 
 def test_sigint_stops_sac_on_gymnasium_within_seconds(tmp_path):
@@ -82,8 +79,36 @@ def test_second_ctrl_c_quits_at_once(tmp_path):
     proc, _ = start(tmp_path, "ppo_discrete.py", "--env-id", "gymnax/CartPole-v1", "--total-timesteps",
                     "100000000", "--num-eval-envs", "2")
     wait_for(lambda: rows_logged(tmp_path) > 0, proc)
+    time.sleep(3)  # chunks of ~5 s by now
     proc.send_signal(signal.SIGINT)
     time.sleep(0.1)
+    sent = time.time()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    assert proc.returncode == 130 and "Traceback" not in err and time.time() - sent < 2, err[-3000:]
+
+
+def test_first_signal_while_compiling_quits_within_seconds(tmp_path):
+    # the main thread waits in XLA's compiler (Brax ant: longer than the bound on this CPU), where Python runs
+    # no signal handler: the run still ends within the bound, with its (empty) logs closed
+    proc, stdout = start(tmp_path, "ppo_continuous.py", "--env-id", "brax/ant", "--num-eval-envs", "2")
+    wait_for(lambda: "compiling" in stdout.read_text(), proc)
+    time.sleep(1)
+    sent = time.time()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and time.time() - sent < BOUND and "Traceback" not in err, err[-3000:]
+    assert "stopped by SIGTERM" in err and len(glob.glob(str(tmp_path / "runs" / "*" / "metrics.csv"))) == 1
+
+
+def test_second_signal_quits_at_once_while_compiling(tmp_path):
+    # the main thread waits in XLA's compiler, where Python runs no signal handler
+    proc, stdout = start(tmp_path, "ppo_continuous.py", "--env-id", "brax/ant", "--num-eval-envs", "2")
+    wait_for(lambda: "compiling" in stdout.read_text(), proc)
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    sent = time.time()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143 and time.time() - sent < 2 and "stopped by" not in err, err[-3000:]
