@@ -140,8 +140,9 @@ def _watch(pipe: int) -> None:
             os._exit(128 + signum)
         _received.append(signum)
         STOP.set()
-        print(f"\n{signal.Signals(signum).name}: stopping after the current chunk; send it again to quit at once",
-              file=sys.stderr, flush=True)
+        if signum == signal.SIGINT:  # someone at a terminal: say that it was heard (SIGTERM gets one line, at the end)
+            print("\nCtrl-C: stopping after the current chunk; press it again to quit at once", file=sys.stderr,
+                  flush=True)
         threading.Thread(target=_quit_after_grace, args=(signum,), daemon=True).start()
 
 

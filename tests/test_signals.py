@@ -45,6 +45,8 @@ def stop_and_check(tmp_path, proc, signum, code):
     assert proc.returncode == code, err[-3000:]
     assert took < BOUND, f"{took:.1f} s from {signal.Signals(signum).name} to exit"
     assert "Traceback" not in err and f"stopped by {signal.Signals(signum).name}" in err, err[-3000:]
+    if signum == signal.SIGTERM:  # a scheduler's log gets one line about it
+        assert sum("SIGTERM" in line or "stopping" in line for line in err.splitlines()) == 1, err
     (run_dir,) = glob.glob(str(tmp_path / "runs" / "*" / ""))
     assert len(read_metrics(run_dir)) >= logged > 0  # nothing already logged is lost
     ckpt = load_checkpoint(os.path.join(run_dir, "model.ckpt"), object())
@@ -99,16 +101,3 @@ def test_first_signal_while_compiling_quits_within_seconds(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143 and time.time() - sent < BOUND and "Traceback" not in err, err[-3000:]
     assert "stopped by SIGTERM" in err and len(glob.glob(str(tmp_path / "runs" / "*" / "metrics.csv"))) == 1
-
-
-def test_second_signal_quits_at_once_while_compiling(tmp_path):
-    # the main thread waits in XLA's compiler, where Python runs no signal handler
-    proc, stdout = start(tmp_path, "ppo_continuous.py", "--env-id", "brax/ant", "--num-eval-envs", "2")
-    wait_for(lambda: "compiling" in stdout.read_text(), proc)
-    time.sleep(1)
-    proc.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
-    sent = time.time()
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 143 and time.time() - sent < 2 and "stopped by" not in err, err[-3000:]
