@@ -40,19 +40,19 @@ def preset_flags(path: str, cls: type) -> list[str]:
         raise UsageError(f"config file '{path}' is not valid YAML ({str(e).splitlines()[0]}); fix the file")
     if not isinstance(raw, dict):
         raise UsageError(f"config file '{path}' must be a mapping of flag: value lines")
-    names = [f.name for f in dataclasses.fields(cls) if f.name != "config"]
+    types = {f.name: f.type for f in dataclasses.fields(cls) if f.name != "config"}
     flags = {}
     for key, value in raw.items():
         name = str(key).replace("-", "_")
-        if name not in names:
-            raise UsageError(f"config file '{path}': unknown key '{key}'{suggest(name, names)}; "
+        if name not in types:
+            raise UsageError(f"config file '{path}': unknown key '{key}'{suggest(name, types)}; "
                              f"remove it or use a flag name from --help")
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
             flags[key] = [flag if value else "--no-" + flag[2:]]
         else:  # YAML reads 5e6 as a string: a whole number is passed as one, so int flags take it
             values = value if isinstance(value, list) else [value]
-            whole = "int" in str(next(f.type for f in dataclasses.fields(cls) if f.name == name))
+            whole = "int" in str(types[name])
             flags[key] = [flag, *(str(int(float(v))) if whole and _is_whole(v) else str(v) for v in values)]
     for key, tokens in flags.items():  # tyro's own types check each value
         try:

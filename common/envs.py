@@ -9,7 +9,6 @@ the true last observation of the finished episode (else it equals `obs`), and `e
 and length of episodes that finished on this step. Ids: Gymnasium's (`Hopper-v4`), `brax/NAME`, `gymnax/NAME`.
 """
 import os
-import types
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -101,20 +100,27 @@ def _where(mask, a, b):
 def _brax_recorder(env, video_dir: str, num_copies: int, limit: int) -> Callable:
     """Host side of --capture-video for Brax: films the first episode of env 0 of the first seed in every
     `limit` steps (one evaluation), as RecordVideo does for Gymnasium, rendered with MuJoCo at its end."""
+    import types
+
     from brax.io import image
     from moviepy import ImageSequenceClip
+
     rec = {"calls": 0, "states": None}  # states: the episode being filmed, None between films
 
     def record(q, qd, done):
-        step, copy = divmod(rec["calls"], num_copies)  # under vmap: once per seed, in order; seed 0 is filmed
+        # under vmap the callback runs once per seed, in order; only the first seed's env 0 is filmed
+        step, copy = divmod(rec["calls"], num_copies)
         rec["calls"] += 1
-        if copy == 0 and step % limit == 0:
+        if copy:
+            return
+        if step % limit == 0:
             rec["states"] = []
-        if copy or rec["states"] is None:
+        if rec["states"] is None:
             return
         rec["states"].append(types.SimpleNamespace(q=np.asarray(q), qd=np.asarray(qd)))
         if done or step % limit == limit - 1:
-            frames, rec["states"] = image.render_array(env.sys, rec["states"]), None
+            frames = image.render_array(env.sys, rec["states"])
+            rec["states"] = None
             os.makedirs(video_dir, exist_ok=True)
             ImageSequenceClip(frames, fps=round(1 / float(env.dt))).write_videofile(
                 os.path.join(video_dir, f"rl-video-step-{step - step % limit}.mp4"), logger=None)
@@ -122,8 +128,10 @@ def _brax_recorder(env, video_dir: str, num_copies: int, limit: int) -> Callable
     return record
 
 
-def _brax_env(name: str, num_envs: int, max_steps: int, backend: str, true_reset: bool, video_dir, num_copies):
+def _brax_env(name: str, num_envs: int, max_steps: int, backend: str, true_reset: bool,
+              video_dir: str | None, num_copies: int):
     from brax import envs as brax_envs
+
     env = brax_envs.get_environment(name, backend=backend)
     record = _brax_recorder(env, video_dir, num_copies, max_steps) if video_dir else None
 
@@ -133,34 +141,40 @@ def _brax_env(name: str, num_envs: int, max_steps: int, backend: str, true_reset
 
     def step(state, action):
         s, steps, key, first = state
-        s, steps = jax.vmap(env.step)(s, action), steps + 1
+        s = jax.vmap(env.step)(s, action)
+        steps = steps + 1
         terminated = s.done > 0
         truncated = (steps >= max_steps) & ~terminated
         done = terminated | truncated
         if true_reset:  # fresh random start states; the cond skips the reset cost on most steps
             key, sub = jax.random.split(key)
-            fresh = jax.lax.cond(done.any(), lambda: jax.vmap(env.reset)(jax.random.split(sub, num_envs)), lambda: s)
-        else:  # as Brax's own trainers: every env restarts from its first start state
+            fresh = jax.lax.cond(done.any(), lambda: jax.vmap(env.reset)(jax.random.split(sub, num_envs)),
+                                 lambda: s)
+        else:  # Brax's own trainers: every env restarts from its first start state
             fresh = first
+        reward, final_obs = s.reward, s.obs
         if record is not None:  # a debug callback: kept although nothing depends on it
             jax.debug.callback(record, s.pipeline_state.q[0], s.pipeline_state.qd[0], done[0])
-        reward, final_obs, s = s.reward, s.obs, _where(done, fresh, s)
+        s = _where(done, fresh, s)
         return (s, jnp.where(done, 0, steps), key, first), s.obs, reward, terminated, truncated, final_obs
 
-    bound = np.ones(env.action_size, np.float32)
-    spec = EnvSpec(f"brax/{name}", (env.observation_size,), False, env.action_size, -bound, bound, max_steps)
+    spec = EnvSpec(f"brax/{name}", (env.observation_size,), False, env.action_size,
+                   -np.ones(env.action_size, np.float32), np.ones(env.action_size, np.float32), max_steps)
     return reset, step, spec, lambda: None
 
 
 def _gymnax_env(name: str, num_envs: int, max_steps: int | None):
     import gymnax
+
     env, params = gymnax.make(name)
     if max_steps is not None:
         params = params.replace(max_steps_in_episode=max_steps)
     limit = params.max_steps_in_episode
     no_limit = params.replace(max_steps_in_episode=2**30)  # is_terminal without the time limit
     vreset = jax.vmap(env.reset, in_axes=(0, None))
-    flat = lambda obs: obs.reshape(num_envs, -1).astype(jnp.float32)  # noqa: E731 (MinAtar's grids, for MLPs)
+
+    def flat(obs):  # every network here is an MLP: MinAtar's 10x10xC grids arrive as vectors
+        return obs.reshape(num_envs, -1).astype(jnp.float32)
 
     def reset(key):
         obs, s = vreset(jax.random.split(key, num_envs), params)
@@ -181,33 +195,40 @@ def _gymnax_env(name: str, num_envs: int, max_steps: int | None):
         return (_where(done, fresh, s), key), next_obs, reward.astype(jnp.float32), terminated, truncated, obs
 
     space = env.action_space(params)
-    discrete, shape = hasattr(space, "n"), getattr(space, "shape", ())
-    bounds = [None if discrete else np.broadcast_to(getattr(space, bound), shape).astype(np.float32)
-              for bound in ("low", "high")]
+    discrete = hasattr(space, "n")
+    shape = () if discrete else space.shape
     spec = EnvSpec(f"gymnax/{name}", (int(np.prod(env.observation_space(params).shape)),), discrete,
-                   int(space.n) if discrete else int(np.prod(shape)), *bounds, int(limit))
+                   int(space.n) if discrete else int(np.prod(shape)),
+                   None if discrete else np.broadcast_to(space.low, shape).astype(np.float32),
+                   None if discrete else np.broadcast_to(space.high, shape).astype(np.float32), int(limit))
     return reset, step, spec, lambda: None
 
 
-def _gym_env(env_id: str, num_envs: int, num_copies: int, max_steps: int | None, asynchronous: bool, video_dir):
+def _gym_env(env_id: str, num_envs: int, num_copies: int, max_steps: int | None, asynchronous: bool,
+             video_dir: str | None):
     import gymnasium as gym
+
     total = num_envs * num_copies
     limit = max_steps if max_steps is not None else gym.spec(env_id).max_episode_steps
 
     def make_one(i):
         record = video_dir is not None and i == 0
         e = gym.make(env_id, max_episode_steps=max_steps, render_mode="rgb_array" if record else None)
+        if not record:
+            return e
         # each evaluation steps every env exactly `limit` times, so this films its first episode
-        return gym.wrappers.RecordVideo(e, video_dir, step_trigger=lambda t: t % limit == 0, video_length=0) \
-            if record else e
+        return gym.wrappers.RecordVideo(e, video_dir, step_trigger=lambda t: t % limit == 0, video_length=0)
 
+    fns = [lambda i=i: make_one(i) for i in range(total)]
     vector = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
     # SAME_STEP: the step that ends an episode returns the reset observation and the true final one in
     # info, so no reset transition ever reaches the learner (Gymnasium 1.x defaults to NEXT_STEP).
-    venv = vector([lambda i=i: make_one(i) for i in range(total)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-    space, obs_shape = venv.single_action_space, venv.single_observation_space.shape
+    venv = vector(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    space = venv.single_action_space
     discrete = isinstance(space, gym.spaces.Discrete)
-    act_shape, act_dtype = ((), np.int32) if discrete else (space.shape, np.float32)
+    obs_shape = venv.single_observation_space.shape
+    act_shape = () if discrete else space.shape
+    act_dtype = np.int32 if discrete else np.float32
 
     # Callbacks see a leading axis per vmapped seed (vmap_method="broadcast_all"); all seeds step one
     # host vector env of num_copies * num_envs envs, so --num-seeds costs one callback per step.
@@ -215,17 +236,20 @@ def _gym_env(env_id: str, num_envs: int, num_copies: int, max_steps: int | None,
         seed = np.asarray(seed)
         if seed.size != num_copies:
             raise ValueError(f"env built for {num_copies} seed copies, got {seed.size}")
-        obs, _ = venv.reset(seed=[int(s) for s in (seed.reshape(-1, 1) + np.arange(num_envs)).reshape(-1)])
+        seeds = (seed.reshape(-1, 1) + np.arange(num_envs)).reshape(-1)
+        obs, _ = venv.reset(seed=[int(s) for s in seeds])
         return np.zeros(seed.shape, np.int32), obs.astype(np.float32).reshape(seed.shape + (num_envs,) + obs_shape)
 
     def host_step(token, action):
         token, action = np.asarray(token), np.asarray(action)  # convert once; indexing jax Arrays is slow
+        lead = token.shape
         obs, reward, terminated, truncated, info = venv.step(action.reshape((total,) + act_shape))
         obs = obs.astype(np.float32)
         final_obs = obs.copy()
-        for i in np.flatnonzero(info.get("_final_obs", [])):
-            final_obs[i] = info["final_obs"][i]
-        shape = token.shape + (num_envs,)
+        if "_final_obs" in info:
+            for i in np.flatnonzero(info["_final_obs"]):
+                final_obs[i] = info["final_obs"][i]
+        shape = lead + (num_envs,)
         return (token + 1, obs.reshape(shape + obs_shape), reward.astype(np.float32).reshape(shape),
                 terminated.reshape(shape), truncated.reshape(shape), final_obs.reshape(shape + obs_shape))
 
@@ -241,29 +265,29 @@ def _gym_env(env_id: str, num_envs: int, num_copies: int, max_steps: int | None,
         # The token threads host-env order through the program even when actions ignore observations.
         return jax.pure_callback(host_step, out, token, action.astype(act_dtype), vmap_method="broadcast_all")
 
-    bounds = (None, None) if discrete else (space.low.astype(np.float32), space.high.astype(np.float32))
-    spec = EnvSpec(env_id, obs_shape, discrete, int(space.n) if discrete else int(np.prod(act_shape)), *bounds, limit)
+    spec = EnvSpec(env_id, obs_shape, discrete, int(space.n) if discrete else int(np.prod(act_shape)),
+                   None if discrete else space.low.astype(np.float32),
+                   None if discrete else space.high.astype(np.float32), limit)
     return reset, step, spec, venv.close
 
 
 def check_env_id(env_id: str) -> None:
     """Fail fast, before anything is built, on ids no backend knows."""
-    backend, _, name = env_id.partition("/") if env_id.startswith(("brax/", "gymnax/")) else ("", "", env_id)
-    if backend == "brax":
+    if env_id.startswith("brax/"):
         from brax import envs as brax_envs
-        known = sorted(brax_envs._envs)
-    elif backend == "gymnax":
+        name, known = env_id[5:], sorted(brax_envs._envs)
+        if name not in known:
+            raise UsageError(f"unknown Brax env '{name}'{suggest(name, known)}; Brax envs: {', '.join(known)}")
+    elif env_id.startswith("gymnax/"):
         import gymnax
-        known = gymnax.registered_envs
+        name, known = env_id[7:], gymnax.registered_envs
+        if name not in known:
+            raise UsageError(f"unknown gymnax env '{name}'{suggest(name, known)}; gymnax envs: {', '.join(known)}")
     else:
         import gymnasium as gym
-        known = gym.registry.keys()
-    if name not in known:
-        label = {"brax": "Brax", "gymnax": "gymnax"}.get(backend)
-        hint = suggest(name, known) or ("" if backend else " (Brax envs are named brax/NAME, e.g. brax/ant)")
-        what, listing = (f"{label} env", f"{label} envs: {', '.join(known)}") if backend else \
-            ("env id", "pick a registered Gymnasium id")
-        raise UsageError(f"unknown {what} '{name}'{hint}; {listing}")
+        if env_id not in gym.registry:
+            hint = suggest(env_id, gym.registry.keys()) or " (Brax envs are named brax/NAME, e.g. brax/ant)"
+            raise UsageError(f"unknown env id '{env_id}'{hint}; pick a registered Gymnasium id")
 
 
 def make_env(env_id: str, num_envs: int, *, num_copies: int = 1, max_episode_steps: int | None = None,

@@ -91,30 +91,34 @@ class RunLogger:
 
 
 class MeanLogger:
-    """Stands in for the loggers of many seeds that share one directory: each metric is written as the mean
-    over the seeds that logged it at a step, once the step changes (or on flush and close)."""
+    """Stands in for the loggers of many seeds that share one directory: each metric is written as the
+    mean over the seeds that logged it at a step, once the step changes (or on close)."""
 
     def __init__(self, logger: RunLogger):
         self.logger, self.step, self.values = logger, None, {}
 
     def log(self, step: int, metrics: dict) -> None:
         if step != self.step:
-            self.flush(write_only=True)
+            self.write_means()
             self.step = step
         for key, value in metrics.items():
             self.values.setdefault(key, []).append(float(value))
 
-    def flush(self, write_only: bool = False) -> None:
+    def write_means(self) -> None:
         if self.values:
             self.logger.log(self.step, {k: np.mean(v) for k, v in self.values.items()})
             self.values = {}
-        if not write_only and not self.logger.csv_file.closed:
+
+    def flush(self) -> None:
+        if self.logger is not None:
+            self.write_means()
             self.logger.flush()
 
     def close(self) -> None:  # called once per seed
-        if not self.logger.csv_file.closed:
-            self.flush()
+        if self.logger is not None:
+            self.write_means()
             self.logger.close()
+            self.logger = None
 
 
 def save_checkpoint(path: str, params, norm, config: dict) -> None:

@@ -24,15 +24,16 @@ def mlp_init(key: jax.Array, sizes: tuple, out_scale: float, hidden_scale: float
     Not jax.nn.initializers.orthogonal: its LAPACK QR, vmapped over seeds, can deadlock XLA's CPU thread pool
     on the pinned JAX; one zero-padded Gram-Schmidt loop serves all layers."""
     shapes = [(max(n_in, n_out), min(n_in, n_out)) for n_in, n_out in zip(sizes[:-1], sizes[1:])]
-    mask = np.zeros((len(shapes), max(r for r, _ in shapes), max(c for _, c in shapes)), np.float32)
+    rows, cols = max(r for r, _ in shapes), max(c for _, c in shapes)
+    mask = np.zeros((len(shapes), rows, cols), np.float32)
     for i, (r, c) in enumerate(shapes):
         mask[i, :r, :c] = 1
     q = orthonormal_columns(jax.random.normal(key, mask.shape, jnp.float32) * mask)
     layers = []
     for i, ((r, c), n_in, n_out) in enumerate(zip(shapes, sizes[:-1], sizes[1:])):
         w = q[i, :r, :c] if n_in >= n_out else q[i, :r, :c].T
-        layers.append({"w": (out_scale if i == len(shapes) - 1 else hidden_scale) * w,
-                       "b": jnp.zeros(n_out, jnp.float32)})
+        scale = out_scale if i == len(shapes) - 1 else hidden_scale
+        layers.append({"w": scale * w, "b": jnp.zeros(n_out, jnp.float32)})
     return layers
 
 

@@ -1,4 +1,4 @@
-"""Helpers shared by the tests: `from conftest import ROOT, cli, list_runs, read_metrics, run_script`."""
+"""Helpers shared by the tests: `from conftest import ROOT, RunsCode, cli, list_runs, read_metrics, run_script`."""
 import csv
 import os
 import subprocess
@@ -58,3 +58,13 @@ def logged_rows(train_iteration, iterations_per_row, num_rows):
         state, _, rows, *_ = chunk(state, runner.empty_row(train_iteration, state), iterations_per_row * num_rows)
         return state, rows
     return run
+
+
+class RunsCode:
+    """Unpickling this calls `fn(*args)`: what a malicious 'checkpoint' does."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args

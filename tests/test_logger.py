@@ -12,7 +12,7 @@ from tensorboardX.proto.event_pb2 import Event
 from common.cli import UsageError
 from common.envs import NormStats, RunningStats, init_stats
 from common.logger import CHECKPOINT_FORMAT, RunLogger, load_checkpoint, restore, save_checkpoint
-from conftest import read_metrics
+from conftest import RunsCode, read_metrics
 
 
 def read_events(run_dir):
@@ -95,16 +95,6 @@ def test_restore_refuses_another_network(tmp_path):
     other = {"actor": params["actor"], "critic": params["actor"], "log_std": params["log_std"]}
     with pytest.raises(UsageError, match="does not fit this script's network"):
         restore(blob, with_runs(other, 1), with_runs(norm, 1))
-
-
-class RunsCode:
-    """Unpickling this calls `fn(*args)`: what a malicious 'checkpoint' does."""
-
-    def __init__(self, fn, *args):
-        self.fn, self.args = fn, args
-
-    def __reduce__(self):
-        return self.fn, self.args
 
 
 def crafted_pickles(tmp_path):

@@ -13,7 +13,7 @@ import ppo_continuous
 from common import runner
 from common.envs import NormStats, init_stats, make_env
 from common.logger import load_checkpoint, restore, save_checkpoint
-from conftest import cli, list_runs, read_metrics, run_script, scan_iterations
+from conftest import RunsCode, cli, list_runs, read_metrics, run_script, scan_iterations
 from ppo_continuous import compute_gae
 
 
@@ -231,16 +231,6 @@ def test_reset_env_restarts_episodes_each_rollout():
     _, reset = pendulum_train(4, reset_env=True)
     assert carried["episodes"].sum() == 2 and (carried["length_sum"].sum() == 400)
     assert reset["episodes"].sum() == 0
-
-
-class RunsCode:
-    """Unpickling this calls `fn(*args)`: what a malicious 'checkpoint' does."""
-
-    def __init__(self, fn, *args):
-        self.fn, self.args = fn, args
-
-    def __reduce__(self):
-        return self.fn, self.args
 
 
 def tiny_checkpoint(path):
