@@ -47,9 +47,11 @@ class EpisodeStats(NamedTuple):
     episode_length: jax.Array
 
     def sums(self) -> dict:
-        """The metrics from which the runner logs the mean return and length of the episodes that ended."""
+        """The metrics from which the runner logs the return (mean, min, max) and length of the episodes that ended."""
         return {"episodes": self.done.sum(), "return_sum": jnp.where(self.done, self.episode_return, 0.0).sum(),
-                "length_sum": jnp.where(self.done, self.episode_length, 0).sum()}
+                "length_sum": jnp.where(self.done, self.episode_length, 0).sum(),
+                "return_min": jnp.where(self.done, self.episode_return, jnp.inf).min(),
+                "return_max": jnp.where(self.done, self.episode_return, -jnp.inf).max()}
 
 
 class EnvState(NamedTuple):

@@ -2,9 +2,11 @@
 directories) and the loop around the compiled training program, with logging, evaluation and checkpoints.
 
 A script gives `iteration(state) -> (state, metrics)`, vmapped over runs, where metric keys containing "/"
-are logged as they are and `episodes`, `return_sum`, `length_sum` count the episodes that ended;
+are logged as they are and `episodes`, `return_sum`, `length_sum`, `return_min`, `return_max` describe the
+episodes that ended;
 `evaluate(params, norm, keys) -> returns` of shape (runs, eval envs); the state has `.params` and
-`.env_state.norm`. Each logged row averages `iterations_per_row` iterations (episode counts are summed).
+`.env_state.norm`. Each logged row averages `iterations_per_row` iterations (episode counts and returns are
+summed, their extremes kept).
 """
 import dataclasses
 import itertools
@@ -28,6 +30,7 @@ MAX_RUN_DIRS = 64
 # A compiled chunk runs about this long (seconds): progress, logs and Ctrl-C are handled between chunks.
 CHUNK_SECONDS = 5.0
 SUMMED = ("episodes", "return_sum", "length_sum")
+EXTREMES = {"return_min": jnp.minimum, "return_max": jnp.maximum}
 
 
 def setup_jax() -> None:
@@ -112,16 +115,26 @@ def make_chunk(iteration, iterations_per_row: int, max_rows: int):
     `iterations_per_row` iterations, NaNs ("not measured") left out; `row` carries a row that is still filling
     across chunks. `diverged_at` is the first iteration (from 1) after which a parameter was NaN or inf, else 0."""
     def add(row, metrics):
-        measured = {k: jnp.ones_like(m, bool) if k in SUMMED else ~jnp.isnan(m) for k, m in metrics.items()}
-        return Row({k: row.sums[k] + jnp.where(measured[k], m, 0).astype(jnp.float32) for k, m in metrics.items()},
-                   {k: row.counts[k] + measured[k] for k in metrics}, row.iterations + 1)
+        sums, counts = {}, {}
+        for k, m in metrics.items():
+            m, total, count = m.astype(jnp.float32), row.sums[k], row.counts[k]
+            if k in SUMMED:
+                sums[k], counts[k] = total + m, count + 1
+            elif k in EXTREMES:  # the smallest / largest over the row's iterations in which an episode ended
+                measured = jnp.isfinite(m)
+                sums[k] = jnp.where(measured, jnp.where(count > 0, EXTREMES[k](total, m), m), total)
+                counts[k] = count + measured
+            else:
+                measured = ~jnp.isnan(m)
+                sums[k], counts[k] = total + jnp.where(measured, m, 0), count + measured
+        return Row(sums, counts, row.iterations + 1)
 
     def chunk(state, row, n):
         def body(carry):
             i, state, row, rows, done, diverged_at = carry
             state, metrics = iteration(state)
             row = add(row, metrics)
-            means = {k: row.sums[k] if k in SUMMED else row.sums[k] / row.counts[k] for k in rows}
+            means = {k: row.sums[k] if k in SUMMED or k in EXTREMES else row.sums[k] / row.counts[k] for k in rows}
             rows = {k: rows[k].at[done].set(means[k]) for k in rows}  # rewritten until the row is full
             full = row.iterations == iterations_per_row
             row = jax.tree.map(lambda x: jnp.where(full, 0, x), row)
@@ -349,7 +362,10 @@ def train_loop(args, exp: Experiment, state, row, max_rows: int, chunk, evaluate
                     values = {k: v[u, i] for k, v in rows.items() if "/" in k and not np.isnan(v[u, i])}
                     if episodes[u, i] > 0:
                         values["charts/episodic_return"] = rows["return_sum"][u, i] / episodes[u, i]
+                        values["charts/episodic_return_min"] = rows["return_min"][u, i]
+                        values["charts/episodic_return_max"] = rows["return_max"][u, i]
                         values["charts/episodic_length"] = rows["length_sum"][u, i] / episodes[u, i]
+                        values["charts/episodes"] = episodes[u, i]
                     logger.log(global_step + (u + 1) * row_steps, values)
             if diverged_at:
                 bad = ~np.asarray(finite_runs(state.params))
@@ -419,9 +435,9 @@ class Progress:
             self.bar.update(self.task, completed=step, info=info)
         elif time.time() - self.last_line >= 15 or step == self.total:
             self.last_line = time.time()
-            eta = (time.time() - self.start) * (self.total - step) / max(step, 1)
+            eta = (time.time() - self.start) * (self.total - step) / step if step else None
             print(f"step {step:,}/{self.total:,} ({100 * step / self.total:.0f}%)  {info}  "
-                  f"ETA {int(eta // 60)}m{int(eta % 60):02d}s", flush=True)
+                  f"ETA {f'{int(eta // 60)}m{int(eta % 60):02d}s' if step else '?'}", flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

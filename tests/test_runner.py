@@ -9,7 +9,7 @@ import pytest
 import ppo_discrete
 from common import runner
 from common.cli import UsageError
-from common.envs import NormStats, init_stats
+from common.envs import EpisodeStats, NormStats, init_stats
 from common.logger import load_checkpoint
 from conftest import read_metrics
 
@@ -125,6 +125,22 @@ def test_chunks_average_iterations_into_rows_and_carry_a_partial_row():
     _, _, rows, done, _ = per_iteration(start, runner.empty_row(iteration, start), 4)
     assert int(done) == 4
     np.testing.assert_array_equal(rows["losses/x"], [1.0, np.nan, 3.0, np.nan])  # nothing measured: NaN
+
+
+def test_rows_keep_the_smallest_and_largest_return_of_the_episodes_that_ended():
+    def iteration(state):  # iteration s ends episodes returning s and -s (not the third env), none when 3 | s
+        s = state.params + 1
+        done = jnp.array([True, True, False]) & (s % 3 != 0)
+        episode = EpisodeStats(done, jnp.stack([s, -s, 100 * s]).astype(jnp.float32), jnp.ones(3, jnp.int32))
+        return Counter(s), episode.sums()
+
+    start = Counter(jnp.int32(0))
+    _, _, rows, done, _ = jax.jit(runner.make_chunk(iteration, 2, 4))(start, runner.empty_row(iteration, start), 6)
+    assert int(done) == 3  # rows of iterations (1, 2), (3, 4), (5, 6); 3 and 6 end no episode
+    np.testing.assert_array_equal(rows["return_max"][:3], [2, 4, 5])
+    np.testing.assert_array_equal(rows["return_min"][:3], [-2, -4, -5])
+    np.testing.assert_array_equal(rows["episodes"][:3], [4, 2, 2])
+    np.testing.assert_array_equal(rows["return_sum"][:3], [0, 0, 0])
 
 
 def test_chunk_names_the_first_iteration_whose_parameters_are_not_finite():

@@ -1,0 +1,201 @@
+"""Run every baseline of a suite for K seeds, one after the other, each in runs/baselines/<name>/.
+
+    python benchmarks/run_baselines.py                  # the cpu suite, 5 seeds
+    python benchmarks/run_baselines.py --suite gpu      # Brax presets and many-seed gymnax
+    python benchmarks/run_baselines.py --only ppo_hopper_cleanrl sac_hopper_cleanrl --seeds 3
+    python benchmarks/run_baselines.py --list           # the suites, their commands and references
+
+The seeds of a baseline train together in one process (`--num-seeds K`, vmapped). A baseline that finished
+(runs/baselines/<name>/done.json, written when its process exits cleanly with the same command) is skipped;
+one that was interrupted starts again from scratch. Ctrl-C stops the current baseline (it keeps its logs) and
+the suite; the next call resumes with it. `python benchmarks/report.py` turns the runs into docs/results.md.
+"""
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from typing import NamedTuple, Optional
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, "runs", "baselines")
+
+
+class Reference(NamedTuple):
+    source: str  # where the published figure comes from
+    mean: float  # Open RL Benchmark's metric: mean over seeds of the last-100-episode mean return
+    std: float  # population std over seeds
+    goal: str  # what this baseline should reach: "within" one std of the mean, or ">= N"
+
+
+class Baseline(NamedTuple):
+    name: str
+    script: str
+    flags: tuple  # after the script; config paths relative to the repository
+    reference: Optional[Reference] = None
+    max_seeds: Optional[int] = None  # fewer seeds than asked where one seed already takes hours on this suite
+    min_seeds: Optional[int] = None  # more seeds than asked (many-seed runs)
+
+
+CLEANRL_PPO = "CleanRL ppo_continuous_action.py, Open RL Benchmark (v4, 1M steps)"
+CLEANRL_SAC = "CleanRL sac_continuous_action.py, Open RL Benchmark (v4, 1M steps)"
+CLEANRL_PPO_DISCRETE = "CleanRL ppo.py, Open RL Benchmark (500k steps)"
+HOPPER_PPO = (2382.86, 271.74)
+HALFCHEETAH_PPO = (1442.64, 46.03)
+CARTPOLE_PPO = (490.04, 6.12)
+
+SUITES = {
+    "cpu": [
+        Baseline("ppo_cartpole_cleanrl", "ppo_discrete.py", ("--config", "configs/ppo_discrete_cartpole_cleanrl.yaml"),
+                 Reference(CLEANRL_PPO_DISCRETE, *CARTPOLE_PPO, "within")),
+        Baseline("ppo_cartpole", "ppo_discrete.py", ("--env-id", "CartPole-v1"),
+                 Reference(CLEANRL_PPO_DISCRETE, *CARTPOLE_PPO, ">= 495")),
+        Baseline("ppo_cartpole_gymnax", "ppo_discrete.py", ("--env-id", "gymnax/CartPole-v1"),
+                 Reference(CLEANRL_PPO_DISCRETE, *CARTPOLE_PPO, ">= 495")),
+        Baseline("ppo_hopper_cleanrl", "ppo_continuous.py", ("--config", "configs/ppo_continuous_hopper_cleanrl.yaml"),
+                 Reference(CLEANRL_PPO, *HOPPER_PPO, "within")),
+        Baseline("ppo_hopper", "ppo_continuous.py", ("--env-id", "Hopper-v4"),
+                 Reference(CLEANRL_PPO, *HOPPER_PPO, ">= 2600")),
+        Baseline("ppo_halfcheetah_cleanrl", "ppo_continuous.py",
+                 ("--config", "configs/ppo_continuous_halfcheetah_cleanrl.yaml"),
+                 Reference(CLEANRL_PPO, *HALFCHEETAH_PPO, "within")),
+        Baseline("ppo_halfcheetah", "ppo_continuous.py", ("--env-id", "HalfCheetah-v4"),
+                 Reference(CLEANRL_PPO, *HALFCHEETAH_PPO, ">= 1600")),
+        # one seed of SAC takes about two hours on a 2-core CPU
+        Baseline("sac_hopper_cleanrl", "sac.py", ("--config", "configs/sac_hopper_cleanrl.yaml"),
+                 Reference(CLEANRL_SAC, 2310.46, 342.82, ">= 3000"), max_seeds=1),
+        Baseline("sac_halfcheetah_cleanrl", "sac.py", ("--config", "configs/sac_halfcheetah_cleanrl.yaml"),
+                 Reference(CLEANRL_SAC, 9634.89, 1423.73, "within"), max_seeds=1),
+    ],
+    "gpu": [
+        Baseline("ppo_ant_brax", "ppo_continuous.py", ("--config", "configs/ppo_continuous_brax_ant.yaml")),
+        Baseline("sac_hopper_brax", "sac.py", ("--config", "configs/sac_brax_hopper.yaml")),
+        Baseline("ppo_cartpole_gymnax_1024", "ppo_discrete.py", ("--env-id", "gymnax/CartPole-v1"),
+                 Reference(CLEANRL_PPO_DISCRETE, *CARTPOLE_PPO, ">= 495"), min_seeds=1024),
+    ],
+    "smoke": [  # seconds: for the tests
+        Baseline("smoke_ppo_discrete", "ppo_discrete.py",
+                 ("--env-id", "gymnax/CartPole-v1", "--total-timesteps", "8192", "--num-eval-envs", "2"),
+                 Reference(CLEANRL_PPO_DISCRETE, *CARTPOLE_PPO, "within")),
+        Baseline("smoke_ppo_continuous", "ppo_continuous.py",
+                 ("--env-id", "Pendulum-v1", "--total-timesteps", "2048", "--num-steps", "256",
+                  "--num-minibatches", "2", "--update-epochs", "1", "--num-eval-envs", "2")),
+    ],
+}
+
+
+def command(baseline: Baseline, seeds: int) -> list:
+    """The script's command line (absolute paths, so it runs from the baseline's directory)."""
+    if baseline.max_seeds is not None:
+        seeds = min(seeds, baseline.max_seeds)
+    if baseline.min_seeds is not None:
+        seeds = max(seeds, baseline.min_seeds)
+    flags = [os.path.join(ROOT, f) if f.startswith("configs/") else f for f in baseline.flags]
+    return [sys.executable, os.path.join(ROOT, baseline.script), *flags, "--num-seeds", str(seeds), "--seed", "1",
+            "--exp-name", baseline.name]
+
+
+def hardware() -> str:
+    """The CPU model and core count, plus the accelerator JAX would use (asked in a child, not here)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    probe = subprocess.run([sys.executable, "-c", "import jax; d = jax.devices()[0]; "
+                            "print(jax.__version__, d.platform, d.device_kind)"], capture_output=True, text=True)
+    jax_version, platform_, kind = (probe.stdout.split(maxsplit=2) + ["?", "?", "?"])[:3]
+    device = f"{cpu}, {len(os.sched_getaffinity(0))} cores"
+    if platform_ != "cpu":
+        device += f"; {kind.strip()}"
+    return f"{device}; jax {jax_version}"
+
+
+def finished(directory: str, cmd: list) -> bool:
+    """Did this command finish in `directory` before?"""
+    try:
+        with open(os.path.join(directory, "done.json")) as f:
+            done = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return done.get("command") == cmd[1:]
+
+
+def run(baseline: Baseline, cmd: list, device: str, directory: str) -> int:
+    """Run one baseline from scratch in `directory`; write done.json when it ends cleanly."""
+    shutil.rmtree(directory, ignore_errors=True)  # an interrupted attempt: its partial logs would mix in
+    os.makedirs(directory)
+    info = {"name": baseline.name, "command": cmd[1:], "hardware": device,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "reference": baseline.reference._asdict() if baseline.reference else None}
+    with open(os.path.join(directory, "started.json"), "w") as f:
+        json.dump(info, f, indent=1)
+    began = time.time()
+    with subprocess.Popen(cmd, cwd=directory) as process:  # the script writes its runs under directory/runs/
+        try:
+            rc = process.wait()
+        except KeyboardInterrupt:  # the terminal sent SIGINT to the script too: let it save what it has
+            rc = process.wait()
+            raise
+    if rc == 0:
+        with open(os.path.join(directory, "done.json"), "w") as f:
+            json.dump({**info, "wall_seconds": round(time.time() - began, 1),
+                       "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")}, f, indent=1)
+    return rc
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", default="cpu", help=f"which baselines: {', '.join(SUITES)}")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per baseline (vmapped in one process)")
+    parser.add_argument("--only", nargs="+", default=None, metavar="NAME", help="run only these baselines")
+    parser.add_argument("--out", default=OUT, help="where the baselines' directories go")
+    parser.add_argument("--list", action="store_true", help="print the suite's baselines and commands, run nothing")
+    args = parser.parse_args(argv)
+    if args.suite not in SUITES:
+        print(f"error: no suite '{args.suite}'; choose one of {', '.join(SUITES)}", file=sys.stderr)
+        return 2
+    if args.seeds < 1:
+        print("error: --seeds must be at least 1", file=sys.stderr)
+        return 2
+    suite = SUITES[args.suite]
+    unknown = sorted(set(args.only or ()) - {b.name for b in suite})
+    if unknown:
+        print(f"error: no baseline {', '.join(unknown)} in suite '{args.suite}'; it has "
+              f"{', '.join(b.name for b in suite)}", file=sys.stderr)
+        return 2
+    chosen = [b for b in suite if args.only is None or b.name in args.only]
+    if args.list:
+        for b in chosen:
+            flags = [os.path.relpath(c, ROOT) if c.startswith(ROOT) else c for c in command(b, args.seeds)[1:]]
+            ref = f"\n    reference {b.reference.mean} ± {b.reference.std} ({b.reference.source})" if b.reference else ""
+            print(f"{b.name}: python {' '.join(flags)}{ref}")
+        return 0
+    device, failed = hardware(), []
+    for i, baseline in enumerate(chosen, 1):
+        cmd = command(baseline, args.seeds)
+        label = f"[{i}/{len(chosen)}] {baseline.name}"
+        directory = os.path.join(args.out, baseline.name)
+        if finished(directory, cmd):
+            print(f"{label}: finished before, skipped", flush=True)
+            continue
+        print(f"{label}: {' '.join(cmd[1:])}", flush=True)
+        try:
+            rc = run(baseline, cmd, device, directory)
+        except KeyboardInterrupt:
+            print(f"{label}: interrupted; run the same command again to resume from it", file=sys.stderr)
+            return 130
+        if rc != 0:
+            print(f"{label}: exited with {rc}; its logs are in {directory}", flush=True)
+            failed.append(baseline.name)
+    print(f"suite '{args.suite}': {len(chosen) - len(failed)} of {len(chosen)} finished"
+          + (f"; failed: {', '.join(failed)}" if failed else "") + f" (runs in {args.out}/)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
