@@ -1,0 +1,74 @@
+"""The baseline suite runner and the report: the smoke suite end to end, the report's metric against a plain
+computation, and the runner's bookkeeping."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import report  # noqa: E402
+import run_baselines  # noqa: E402
+
+
+def test_smoke_suite_runs_skips_what_finished_and_reports(tmp_path):
+    out, docs = tmp_path / "baselines", tmp_path / "docs"
+    suite = [sys.executable, os.path.join(ROOT, "benchmarks", "run_baselines.py"), "--suite", "smoke", "--seeds", "2",
+             "--out", str(out)]
+    first = subprocess.run(suite, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    names = [b.name for b in run_baselines.SUITES["smoke"]]
+    for name in names:
+        done = json.loads((out / name / "done.json").read_text())
+        assert done["wall_seconds"] > 0 and "cores" in done["hardware"]
+        assert len(list((out / name / "runs").glob("*/metrics.csv"))) == 2  # a directory per seed
+    again = subprocess.run(suite, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and again.stdout.count("finished before, skipped") == len(names)
+
+    written = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "report.py"), "--runs", str(out),
+                              "--out", str(docs / "results.md"), "--plots", str(docs / "results")],
+                             capture_output=True, text=True, timeout=120)
+    assert written.returncode == 0, written.stderr[-2000:]
+    text = (docs / "results.md").read_text()
+    for name in names:
+        row = next(line for line in text.splitlines() if line.startswith(f"| {name} |"))
+        assert " | 2 | " in row and "nan" not in row  # two seeds, every figure measured
+        from matplotlib.image import imread
+        image = imread(docs / "results" / f"{name}.png")
+        assert image.shape[0] > 100 and image.shape[1] > 100 and image.std() > 0  # a picture, not a blank
+    assert "490.04 ± 6.12" in text  # the reference sits next to the result
+
+
+def test_last_100_episodes_weighs_rows_by_their_episode_counts():
+    returns = np.array([10.0, 20.0, 30.0, 40.0])  # row means
+    counts = np.array([50, 60, 30, 20])  # episodes per row: the last 100 are 20 + 30 + 50 of the 60
+    run = {"charts/episodic_return": (np.arange(4), returns), "charts/episodes": (np.arange(4), counts)}
+    episodes = np.concatenate([np.full(c, r) for r, c in zip(returns, counts)])  # one return per episode
+    assert report.last_episodes_mean(run) == pytest.approx(episodes[-100:].mean())
+    few = {"charts/episodic_return": (np.arange(2), returns[:2]), "charts/episodes": (np.arange(2), counts[:2] // 10)}
+    assert report.last_episodes_mean(few) == pytest.approx((5 * 10 + 6 * 20) / 11)  # fewer than 100: all of them
+
+
+def test_a_baseline_counts_as_finished_only_with_the_same_command(tmp_path):
+    cmd = ["python", "ppo_discrete.py", "--num-seeds", "5"]
+    assert not run_baselines.finished(str(tmp_path), cmd)  # interrupted: no done.json
+    (tmp_path / "done.json").write_text(json.dumps({"command": cmd[1:]}))
+    assert run_baselines.finished(str(tmp_path), cmd)
+    assert not run_baselines.finished(str(tmp_path), [*cmd[:-1], "3"])  # other seeds: run again
+    (tmp_path / "done.json").write_text("{trunc")
+    assert not run_baselines.finished(str(tmp_path), cmd)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--suite", "tpu"], "error: no suite 'tpu'; choose one of cpu, gpu, smoke"),
+    (["--only", "ppo_hoper"], "error: no baseline ppo_hoper in suite 'cpu'"),
+    (["--seeds", "0"], "error: --seeds must be at least 1"),
+])
+def test_bad_input_is_one_error_line(argv, message, capsys):
+    assert run_baselines.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1
