@@ -55,7 +55,8 @@ class Args:
     batch_size: int = 256  # transitions per gradient update
     learning_starts: int = 5000  # env steps of uniform random actions before the first update
     policy_lr: float = 3e-4  # actor learning rate
-    q_lr: float = 1e-3  # Q-network (and temperature) learning rate
+    q_lr: float = 1e-3  # Q-network learning rate
+    alpha_lr: Optional[float] = None  # temperature (alpha) learning rate (default: --q-lr, as CleanRL; Brax: 3e-4)
     grad_updates_per_step: int = 1  # Q updates per vector-env step (num_envs transitions)
     policy_frequency: int = 2  # every this many Q updates, update the actor (and alpha) this many times (as TD3)
     target_network_frequency: int = 1  # soft-update the target Q networks every this many Q updates
@@ -130,7 +131,7 @@ def make_train(args, env, eval_env):
     scale = jnp.asarray((spec.action_high - spec.action_low) / 2.0)
     bias = jnp.asarray((spec.action_high + spec.action_low) / 2.0)
     target_entropy = -float(action_dim) if args.target_entropy is None else args.target_entropy
-    actor_tx, q_tx, alpha_tx = optax.adam(args.policy_lr), optax.adam(args.q_lr), optax.adam(args.q_lr)
+    actor_tx, q_tx, alpha_tx = optax.adam(args.policy_lr), optax.adam(args.q_lr), optax.adam(args.alpha_lr or args.q_lr)
 
     def actor_head(actor, obs):
         mean, log_std = jnp.split(mlp_apply(actor, obs, "relu"), 2, axis=-1)
@@ -268,7 +269,7 @@ def make_train(args, env, eval_env):
 
 def check_args(args):
     check_ranges(args, {**dict.fromkeys(["total_timesteps", "num_envs", "num_seeds", "buffer_size", "batch_size",
-                                         "policy_lr", "q_lr", "grad_updates_per_step", "policy_frequency",
+                                         "policy_lr", "q_lr", "alpha_lr", "grad_updates_per_step", "policy_frequency",
                                          "target_network_frequency", "init_alpha", "log_every", "eval_every",
                                          "num_eval_envs", "max_episode_steps", "eval_max_episode_steps",
                                          "reward_scale"], "(0, inf)"),

@@ -253,3 +253,15 @@ def test_same_seed_same_run_and_updates_follow_the_schedule():
     assert int(a.opt_state["actor"][0].count) == actor_updates == 21 * 2
     assert np.isnan(ma["losses/qf_loss"][0]) and np.isfinite(ma["losses/qf_loss"][1:]).all()
     np.testing.assert_array_equal(a.params["qf"][0]["w"].shape, (2, 2, 8))  # twin Q: obs 1 + action 1
+
+
+@pytest.mark.parametrize("alpha_lr, moved", [(None, 0.02), (0.05, 0.05)])
+def test_alpha_learns_at_its_own_rate_or_the_q_rate(alpha_lr, moved):
+    env = make_env("gymnax/Pendulum-v1", 1)
+    args = sac.Args(env_id="gymnax/Pendulum-v1", total_timesteps=2, batch_size=1, learning_starts=0,
+                    policy_frequency=1, q_lr=0.02, alpha_lr=alpha_lr, actor_hidden=(8,), critic_hidden=(8,))
+    init, train_iteration, _ = sac.make_train(args, env, env)
+    state, _ = jax.jit(scan_iterations(train_iteration, 2))(init(jax.random.PRNGKey(0)))
+    assert int(state.opt_state["log_alpha"][0].count) == 1  # one update, at global_step 1 > learning_starts
+    # Adam's first step moves a scalar by its learning rate (the gradient's sign times lr)
+    assert abs(float(state.params["log_alpha"])) == pytest.approx(moved, rel=1e-3)
