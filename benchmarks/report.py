@@ -8,7 +8,8 @@ episodes, then mean ± population std over seeds. The runs log one mean per iter
 episodes that ended in it), so the last 100 episodes are the last rows that hold them, each row weighted by
 its episode count and the earliest one only by what is left of the 100. Also: the final deterministic
 evaluation (mean ± std over seeds), wall time, SPS, the hardware and the date. A baseline still running or
-stopped early is reported with the steps it reached, marked incomplete.
+stopped early is reported with the steps it reached, marked incomplete. Notes written below the NOTES marker
+line of an existing report are kept.
 """
 import argparse
 import csv
@@ -22,6 +23,7 @@ import numpy as np
 from run_baselines import ROOT, SUITES
 
 LAST_EPISODES = 100
+NOTES = "<!-- notes: report.py keeps everything below this line -->"
 
 
 def read_run(run_dir: str) -> dict:
@@ -169,6 +171,12 @@ def report(baselines: list, plots_dir: str, out_path: str) -> str:
                     + (f", finished {b['finished']}" if b.get("done") else ", not finished"), "",
                     f"![{b['name']}]({rel})", ""]
     text = "\n".join(lines + [""] + details)
+    try:  # hand-written notes below the marker survive a rewrite
+        with open(out_path) as f:
+            old = f.read()
+        text += "\n" + old[old.index(NOTES):] if NOTES in old else ""
+    except OSError:
+        pass
     with open(out_path, "w") as f:
         f.write(text)
     return text

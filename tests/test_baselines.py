@@ -41,6 +41,10 @@ def test_smoke_suite_runs_skips_what_finished_and_reports(tmp_path):
         image = imread(docs / "results" / f"{name}.png")
         assert image.shape[0] > 100 and image.shape[1] > 100 and image.std() > 0  # a picture, not a blank
     assert "490.04 ± 6.12" in text  # the reference sits next to the result
+    (docs / "results.md").write_text(text + "\n" + report.NOTES + "\nwhy a result differs\n")
+    assert report.main(["--runs", str(out), "--out", str(docs / "results.md"), "--plots", str(docs / "results")]) == 0
+    rewritten = (docs / "results.md").read_text()
+    assert rewritten.startswith(text) and rewritten.endswith(report.NOTES + "\nwhy a result differs\n")
 
 
 def test_last_100_episodes_weighs_rows_by_their_episode_counts():
