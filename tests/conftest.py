@@ -7,6 +7,8 @@ import sys
 # Tests import the top-level algorithm files and common/ from the repository root.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+# Test workers run side by side (pytest.ini): on a GPU none may claim most of its memory up front.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 
 def run_script(tmp_path, script, *argv, env=None, timeout=600):
