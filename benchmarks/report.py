@@ -71,7 +71,7 @@ def read_baseline(directory: str) -> dict | None:
     return {**info, "runs": runs}
 
 
-def total_steps(command: list) -> int | None:
+def total_steps(command: list) -> int:
     """--total-timesteps of the command, or of its --config preset, or the script's default."""
     if "--total-timesteps" in command:
         return int(float(command[command.index("--total-timesteps") + 1]))
@@ -81,7 +81,10 @@ def total_steps(command: list) -> int | None:
             preset = yaml.safe_load(f)
         if "total_timesteps" in preset:
             return int(float(preset["total_timesteps"]))
-    return None
+    import importlib
+    sys.path.insert(0, ROOT)
+    script = os.path.basename(next(c for c in command if c.endswith(".py")))[:-3]
+    return importlib.import_module(script).Args.total_timesteps
 
 
 def summarise(b: dict) -> dict:
@@ -116,7 +119,8 @@ def plot(b: dict, path: str) -> None:
     steps = np.unique(np.concatenate([s for s, _ in curves]))
     on_grid = np.array([np.interp(steps, s, v, right=np.nan) for s, v in curves])
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
-    ax.plot(steps, np.nanmean(on_grid, 0), label=f"{b['name']} ({len(curves)} seeds)")
+    seeds = b["command"][b["command"].index("--num-seeds") + 1]
+    ax.plot(steps, np.nanmean(on_grid, 0), label=f"{b['name']} ({seeds} seeds)")
     if len(curves) > 1:
         ax.fill_between(steps, np.nanmin(on_grid, 0), np.nanmax(on_grid, 0), alpha=0.25, label="min-max over seeds")
     elif "charts/episodic_return_min" in b["runs"][0]:
@@ -150,12 +154,13 @@ def report(baselines: list, plots_dir: str, out_path: str) -> str:
         s = summarise(b)
         ref = b.get("reference")
         total = total_steps(b["command"])
-        steps = f"{s['reached']:,}" + ("" if b.get("done") else f" of {total:,} (incomplete)" if total else
-                                       " (incomplete)")
+        steps = f"{s['reached']:,}" + ("" if b.get("done") else f" of {total:,} (incomplete)")
         m = s["metric"]
         wall = f"{b['wall_seconds'] / 60:.1f} min" if "wall_seconds" in b else "-"
         final = f"{s['final_eval'].mean():.1f} ± {s['final_eval'].std():.1f}" if len(s["final_eval"]) else "-"
-        lines.append(f"| {b['name']} | {steps} | {len(m)} | {np.nanmean(m):.1f} ± {np.nanstd(m):.1f} | "
+        seeds = int(b["command"][b["command"].index("--num-seeds") + 1])
+        seeds = str(seeds) if seeds == len(m) else f"{seeds} (logged as their mean)"  # beyond 64 runs: grouped
+        lines.append(f"| {b['name']} | {steps} | {seeds} | {np.nanmean(m):.1f} ± {np.nanstd(m):.1f} | "
                      + (f"{ref['mean']:.2f} ± {ref['std']:.2f}" if ref else "-")
                      + f" | {verdict(ref, float(np.nanmean(m))) if b.get('done') else 'incomplete'} | {final} | "
                      f"{wall} | {s['sps']:,.0f} |")
