@@ -20,20 +20,24 @@ import sys
 
 import numpy as np
 
-from run_baselines import ROOT, SUITES
+from run_baselines import ROOT, SUITES, Parser
 
 LAST_EPISODES = 100
 NOTES = "<!-- notes: report.py keeps everything below this line -->"
 
 
 def read_run(run_dir: str) -> dict:
-    """{metric: (steps, values)} of one run's metrics.csv."""
+    """{metric: (steps, values)} of one run's metrics.csv; a line cut short by a killed run is skipped."""
     series = {}
     with open(os.path.join(run_dir, "metrics.csv")) as f:
         for row in csv.DictReader(f):
+            try:
+                step, value = int(row["global_step"]), float(row["value"])
+            except (TypeError, ValueError):
+                continue
             steps, values = series.setdefault(row["metric"], ([], []))
-            steps.append(int(row["global_step"]))
-            values.append(float(row["value"]))
+            steps.append(step)
+            values.append(value)
     return {k: (np.array(s), np.array(v)) for k, (s, v) in series.items()}
 
 
@@ -52,49 +56,58 @@ def last_episodes_mean(run: dict, n: int = LAST_EPISODES) -> float:
     return weighted / total
 
 
-def read_baseline(directory: str) -> dict | None:
-    """The baseline's record (started.json, done.json) and its runs, or None without any run."""
+def read_json(path: str) -> dict | None:
     try:
-        with open(os.path.join(directory, "started.json")) as f:
-            info = json.load(f)
+        with open(path) as f:
+            return json.load(f)
     except (OSError, ValueError):
         return None
-    done = os.path.join(directory, "done.json")
-    if os.path.exists(done):
-        with open(done) as f:
-            info = {**json.load(f), "done": True}
-    runs = [read_run(d) for d in sorted(glob.glob(os.path.join(directory, "runs", "*")))
-            if os.path.isfile(os.path.join(d, "metrics.csv"))]
-    runs = [r for r in runs if r]
-    if not runs:
+
+
+def read_baseline(directory: str) -> dict | None:
+    """The baseline's record (started.json, then done.json or failed.json), its status and its runs keyed by
+    seed (or by the seeds' range when they share one directory), or None if it never started."""
+    info = read_json(os.path.join(directory, "started.json"))
+    if info is None:
         return None
-    return {**info, "runs": runs}
+    done, failed = (read_json(os.path.join(directory, f)) for f in ("done.json", "failed.json"))
+    status = "done" if done else f"failed (exit {failed['exit_code']})" if failed else "running or stopped"
+    runs = {}
+    for run_dir in glob.glob(os.path.join(directory, "runs", "*", "")):
+        if os.path.isfile(os.path.join(run_dir, "metrics.csv")):
+            seed = os.path.basename(os.path.dirname(run_dir)).split("__")[-2]  # {env}__{exp}__{seed}__{time}
+            runs[seed] = read_run(run_dir)
+    order = sorted(runs, key=lambda seed: (len(seed), seed))  # seed 2 before seed 10
+    return {**info, **(done or failed or {}), "status": status, "runs": {seed: runs[seed] for seed in order}}
 
 
-def total_steps(command: list) -> int:
+def total_steps(command: list) -> str:
     """--total-timesteps of the command, or of its --config preset, or the script's default."""
     if "--total-timesteps" in command:
-        return int(float(command[command.index("--total-timesteps") + 1]))
+        return f"{int(float(command[command.index('--total-timesteps') + 1])):,}"
     if "--config" in command:
         import yaml
-        with open(command[command.index("--config") + 1]) as f:
-            preset = yaml.safe_load(f)
+        try:
+            with open(os.path.join(ROOT, command[command.index("--config") + 1])) as f:
+                preset = yaml.safe_load(f)
+        except OSError:
+            return "?"
         if "total_timesteps" in preset:
-            return int(float(preset["total_timesteps"]))
+            return f"{int(float(preset['total_timesteps'])):,}"
     import importlib
     sys.path.insert(0, ROOT)
     script = os.path.basename(next(c for c in command if c.endswith(".py")))[:-3]
-    return importlib.import_module(script).Args.total_timesteps
+    return f"{importlib.import_module(script).Args.total_timesteps:,}"
 
 
-def summarise(b: dict) -> dict:
-    """The report's figures for one baseline."""
-    runs = b["runs"]
-    metric = np.array([last_episodes_mean(r) for r in runs])
-    finals = np.array([r["eval/episodic_return"][1][-1] for r in runs if "eval/episodic_return" in r])
-    reached = min(int(r["charts/SPS"][0][-1]) if "charts/SPS" in r else 0 for r in runs)
-    sps = np.mean([r["charts/SPS"][1][-1] for r in runs if "charts/SPS" in r]) if reached else float("nan")
-    return {"metric": metric, "final_eval": finals, "reached": reached, "sps": sps}
+def mean_std(values, spread: bool = True) -> str:
+    """mean ± population std of the measured values; the std only where it is a spread over seeds."""
+    values = np.asarray(values, float)
+    measured = values[~np.isnan(values)]
+    if not len(measured):
+        return "-"
+    text = f"{measured.mean():.1f}" + (f" ± {measured.std():.1f}" if spread and len(measured) > 1 else "")
+    return text + (f" ({len(measured)} of {len(values)} measured)" if len(measured) < len(values) else "")
 
 
 def verdict(reference: dict | None, mean: float) -> str:
@@ -108,23 +121,24 @@ def verdict(reference: dict | None, mean: float) -> str:
     return f"meets {goal}" if mean >= threshold else f"short of {goal}"
 
 
-def plot(b: dict, path: str) -> None:
+def plot(b: dict, path: str) -> bool:
     """Mean training return over seeds with the min-max band over seeds (one seed: the band of the
-    episodes' min and max per row), and the reference mean ± std."""
+    episodes' min and max per row), and the reference mean ± std. False if no episode has ended yet."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = [r["charts/episodic_return"] for r in b["runs"] if "charts/episodic_return" in r]
+    curves = [r["charts/episodic_return"] for r in b["runs"].values() if "charts/episodic_return" in r]
+    if not curves:
+        return False
     steps = np.unique(np.concatenate([s for s, _ in curves]))
-    on_grid = np.array([np.interp(steps, s, v, right=np.nan) for s, v in curves])
+    on_grid = np.array([np.interp(steps, s, v, left=np.nan, right=np.nan) for s, v in curves])
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
-    seeds = b["command"][b["command"].index("--num-seeds") + 1]
-    ax.plot(steps, np.nanmean(on_grid, 0), label=f"{b['name']} ({seeds} seeds)")
+    ax.plot(steps, np.nanmean(on_grid, 0), label=f"{b['name']} ({seed_count(b)} seeds)")
     if len(curves) > 1:
         ax.fill_between(steps, np.nanmin(on_grid, 0), np.nanmax(on_grid, 0), alpha=0.25, label="min-max over seeds")
-    elif "charts/episodic_return_min" in b["runs"][0]:
-        run = b["runs"][0]
+    elif seed_count(b) == 1 and "charts/episodic_return_min" in next(iter(b["runs"].values())):
+        run = next(iter(b["runs"].values()))
         ax.fill_between(run["charts/episodic_return_min"][0], run["charts/episodic_return_min"][1],
                         run["charts/episodic_return_max"][1], alpha=0.25, label="min-max of the episodes")
     ref = b.get("reference")
@@ -138,6 +152,11 @@ def plot(b: dict, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+    return True
+
+
+def seed_count(b: dict) -> int:
+    return int(b["command"][b["command"].index("--num-seeds") + 1])
 
 
 def report(baselines: list, plots_dir: str, out_path: str) -> str:
@@ -145,50 +164,56 @@ def report(baselines: list, plots_dir: str, out_path: str) -> str:
     lines = ["# Reproduction results", "",
              "Written by `python benchmarks/report.py` from the runs of `python benchmarks/run_baselines.py`.",
              f"Metric (Open RL Benchmark's): per seed, the mean `charts/episodic_return` of the last {LAST_EPISODES} "
-             "training episodes; mean ± population std over seeds. Final eval: the deterministic evaluation at the "
-             "end of training, mean ± std over seeds. SPS: env steps per second per seed, whole run.", "",
+             "training episodes; mean ± population std over seeds. Final eval: the last deterministic evaluation "
+             "(at the end of training when done), mean ± std over seeds. SPS: env steps per second per seed, whole "
+             "run. Beyond 64 seeds the runs log their mean, so no spread over seeds is shown.", "",
              "| baseline | steps | seeds | last-100 return | reference | verdict | final eval | wall time | SPS |",
              "|---|---|---|---|---|---|---|---|---|"]
     details = []
     for b in baselines:
-        s = summarise(b)
-        ref = b.get("reference")
-        total = total_steps(b["command"])
-        steps = f"{s['reached']:,}" + ("" if b.get("done") else f" of {total:,} (incomplete)")
-        m = s["metric"]
-        wall = f"{b['wall_seconds'] / 60:.1f} min" if "wall_seconds" in b else "-"
-        final = f"{s['final_eval'].mean():.1f} ± {s['final_eval'].std():.1f}" if len(s["final_eval"]) else "-"
-        seeds = int(b["command"][b["command"].index("--num-seeds") + 1])
-        seeds = str(seeds) if seeds == len(m) else f"{seeds} (logged as their mean)"  # beyond 64 runs: grouped
-        lines.append(f"| {b['name']} | {steps} | {seeds} | {np.nanmean(m):.1f} ± {np.nanstd(m):.1f} | "
+        runs, ref, done = b["runs"], b.get("reference"), b["status"] == "done"
+        metric = np.array([last_episodes_mean(r) for r in runs.values()])
+        grouped = seed_count(b) != len(runs)
+        evals = [r["eval/episodic_return"] for r in runs.values() if "eval/episodic_return" in r]
+        final = mean_std([v[-1] for _, v in evals], not grouped) if evals else "-"
+        if evals and not done:
+            final += f" (at step {min(int(s[-1]) for s, _ in evals):,})"
+        reached = min((int(r["charts/SPS"][0][-1]) if "charts/SPS" in r else 0 for r in runs.values()), default=0)
+        sps = np.mean([r["charts/SPS"][1][-1] for r in runs.values() if "charts/SPS" in r]) if reached else None
+        steps = f"{reached:,}" + ("" if done else f" of {total_steps(b['command'])} ({b['status']})")
+        mean = float(np.nanmean(metric)) if np.isfinite(metric).any() else float("nan")
+        wall = f"{b['wall_seconds'] / 60:.1f} min" if done else "-"
+        lines.append(f"| {b['name']} | {steps} | {seed_count(b)}{' (their mean)' if grouped else ''} | "
+                     f"{mean_std(metric, not grouped)} | "
                      + (f"{ref['mean']:.2f} ± {ref['std']:.2f}" if ref else "-")
-                     + f" | {verdict(ref, float(np.nanmean(m))) if b.get('done') else 'incomplete'} | {final} | "
-                     f"{wall} | {s['sps']:,.0f} |")
+                     + f" | {verdict(ref, mean) if done else b['status']} | {final} | {wall} | "
+                     + (f"{sps:,.0f} |" if sps is not None else "- |"))
         png = os.path.join(plots_dir, f"{b['name']}.png")
-        plot(b, png)
-        rel = os.path.relpath(png, os.path.dirname(os.path.abspath(out_path)))
-        cmd = " ".join(os.path.relpath(c, ROOT) if c.startswith(ROOT) else c for c in b["command"])
+        picture = (f"![{b['name']}]({os.path.relpath(png, os.path.dirname(os.path.abspath(out_path)))})"
+                   if plot(b, png) else "(no episode has ended yet)")
+        cmd = " ".join(os.path.relpath(c, ROOT) if c.startswith(ROOT + os.sep) else c for c in b["command"])
         details += [f"## {b['name']}", "", f"`python {cmd}`", "",
-                    f"- per seed (last {LAST_EPISODES} episodes): " + ", ".join(f"{x:.1f}" for x in m),
+                    f"- last {LAST_EPISODES} episodes per seed: "
+                    + ", ".join(f"seed {seed} {x:.1f}" for seed, x in zip(runs, metric)),
                     f"- reference: {ref['source']}, {ref['mean']} ± {ref['std']}; goal {ref['goal']}" if ref else
                     "- reference: none",
                     f"- hardware: {b['hardware']}; started {b['started']}"
-                    + (f", finished {b['finished']}" if b.get("done") else ", not finished"), "",
-                    f"![{b['name']}]({rel})", ""]
+                    + (f", finished {b['finished']}" if "finished" in b else ""), "", picture, ""]
     text = "\n".join(lines + [""] + details)
-    try:  # hand-written notes below the marker survive a rewrite
+    old = ""
+    if os.path.exists(out_path):
         with open(out_path) as f:
             old = f.read()
-        text += "\n" + old[old.index(NOTES):] if NOTES in old else ""
-    except OSError:
-        pass
-    with open(out_path, "w") as f:
+    if NOTES in old:  # hand-written notes below the marker survive a rewrite
+        text += "\n" + old[old.index(NOTES):]
+    with open(out_path + ".tmp", "w") as f:  # whole or not at all: the notes must not be lost to a crash
         f.write(text)
+    os.replace(out_path + ".tmp", out_path)
     return text
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default=os.path.join(ROOT, "runs", "baselines"), help="run_baselines.py's --out")
     parser.add_argument("--out", default=os.path.join(ROOT, "docs", "results.md"), help="the report to write")
     parser.add_argument("--plots", default=os.path.join(ROOT, "docs", "results"), help="where the PNGs go")
@@ -199,7 +224,7 @@ def main(argv=None) -> int:
                                         d))
     baselines = [b for d in directories if (b := read_baseline(d))]
     if not baselines:
-        print(f"error: no baseline runs under {args.runs}; run benchmarks/run_baselines.py first", file=sys.stderr)
+        print(f"error: no baselines under {args.runs}; run benchmarks/run_baselines.py first", file=sys.stderr)
         return 2
     report(baselines, args.plots, args.out)
     print(f"wrote {args.out} ({len(baselines)} baselines) and its plots in {args.plots}/")

@@ -7,14 +7,15 @@
 
 The seeds of a baseline train together in one process (`--num-seeds K`, vmapped). A baseline that finished
 (runs/baselines/<name>/done.json, written when its process exits cleanly with the same command) is skipped;
-one that was interrupted starts again from scratch. Ctrl-C stops the current baseline (it keeps its logs) and
-the suite; the next call resumes with it. `python benchmarks/report.py` turns the runs into docs/results.md.
+one that was interrupted, failed or ran another command starts again from scratch, its earlier attempt moved
+to runs/baselines/.attempts/. Ctrl-C or SIGTERM stops the current baseline (it keeps its logs) and the suite;
+the same command resumes with that baseline. `python benchmarks/report.py` turns the runs into docs/results.md.
 """
 import argparse
 import json
 import os
 import platform
-import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -87,6 +88,12 @@ SUITES = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, as the training scripts
+        print(f"error: {message}; see --help", file=sys.stderr)
+        sys.exit(2)
+
+
 def command(baseline: Baseline, seeds: int) -> list:
     """The script's command line (absolute paths, so it runs from the baseline's directory)."""
     if baseline.max_seeds is not None:
@@ -115,6 +122,19 @@ def hardware() -> str:
     return f"{device}; jax {jax_version}"
 
 
+def portable(cmd: list) -> list:
+    """The command after the interpreter, with paths relative to the repository (so a moved checkout or runs
+    copied from another machine still match)."""
+    return [os.path.relpath(c, ROOT) if c.startswith(ROOT + os.sep) else c for c in cmd[1:]]
+
+
+def write_json(path: str, record: dict) -> None:
+    """Write whole or not at all: a record cut short by a kill would read as garbage."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(record, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
 def finished(directory: str, cmd: list) -> bool:
     """Did this command finish in `directory` before?"""
     try:
@@ -122,34 +142,43 @@ def finished(directory: str, cmd: list) -> bool:
             done = json.load(f)
     except (OSError, ValueError):
         return False
-    return done.get("command") == cmd[1:]
+    return portable([None, *done.get("command", [])]) == portable(cmd)
+
+
+def set_aside(directory: str) -> None:
+    """Move an earlier attempt (interrupted, failed or another command) to .attempts/, never delete it."""
+    if os.path.exists(directory):
+        attempts = os.path.join(os.path.dirname(directory), ".attempts")
+        os.makedirs(attempts, exist_ok=True)
+        os.replace(directory, os.path.join(attempts, f"{os.path.basename(directory)}-{int(time.time())}"))
 
 
 def run(baseline: Baseline, cmd: list, device: str, directory: str) -> int:
-    """Run one baseline from scratch in `directory`; write done.json when it ends cleanly."""
-    shutil.rmtree(directory, ignore_errors=True)  # an interrupted attempt: its partial logs would mix in
+    """Run one baseline from scratch in `directory`; done.json when it ends cleanly, else failed.json."""
+    set_aside(directory)
     os.makedirs(directory)
-    info = {"name": baseline.name, "command": cmd[1:], "hardware": device,
+    info = {"name": baseline.name, "command": portable(cmd), "hardware": device,
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "reference": baseline.reference._asdict() if baseline.reference else None}
-    with open(os.path.join(directory, "started.json"), "w") as f:
-        json.dump(info, f, indent=1)
+    write_json(os.path.join(directory, "started.json"), info)
     began = time.time()
-    with subprocess.Popen(cmd, cwd=directory) as process:  # the script writes its runs under directory/runs/
+    # The script writes its runs under directory/runs/. It has its own session, so Ctrl-C and SIGTERM reach it
+    # once each, forwarded from here, and it stops as it would on its own (a second signal: at once).
+    with subprocess.Popen(cmd, cwd=directory, start_new_session=True) as process:
+        previous = {sig: signal.signal(sig, lambda sig, _: process.send_signal(sig))
+                    for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             rc = process.wait()
-        except KeyboardInterrupt:  # the terminal sent SIGINT to the script too: let it save what it has
-            rc = process.wait()
-            raise
-    if rc == 0:
-        with open(os.path.join(directory, "done.json"), "w") as f:
-            json.dump({**info, "wall_seconds": round(time.time() - began, 1),
-                       "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")}, f, indent=1)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    record = {**info, "wall_seconds": round(time.time() - began, 1), "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    write_json(os.path.join(directory, "done.json" if rc == 0 else "failed.json"), {**record, "exit_code": rc})
     return rc
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default="cpu", help=f"which baselines: {', '.join(SUITES)}")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per baseline (vmapped in one process)")
     parser.add_argument("--only", nargs="+", default=None, metavar="NAME", help="run only these baselines")
@@ -184,11 +213,11 @@ def main(argv=None) -> int:
             print(f"{label}: finished before, skipped", flush=True)
             continue
         print(f"{label}: {' '.join(cmd[1:])}", flush=True)
-        try:
-            rc = run(baseline, cmd, device, directory)
-        except KeyboardInterrupt:
-            print(f"{label}: interrupted; run the same command again to resume from it", file=sys.stderr)
-            return 130
+        rc = run(baseline, cmd, device, directory)
+        if rc in (130, 143):  # the script was stopped by Ctrl-C or SIGTERM: so is the suite
+            print(f"{label}: interrupted; run the same command again to resume from it (this baseline starts "
+                  f"again; the stopped attempt moves to {os.path.join(args.out, '.attempts')})", file=sys.stderr)
+            return rc
         if rc != 0:
             print(f"{label}: exited with {rc}; its logs are in {directory}", flush=True)
             failed.append(baseline.name)

@@ -134,7 +134,9 @@ def make_chunk(iteration, iterations_per_row: int, max_rows: int):
             i, state, row, rows, done, diverged_at = carry
             state, metrics = iteration(state)
             row = add(row, metrics)
-            means = {k: row.sums[k] if k in SUMMED or k in EXTREMES else row.sums[k] / row.counts[k] for k in rows}
+            means = {k: row.sums[k] if k in SUMMED else
+                     jnp.where(row.counts[k] > 0, row.sums[k], jnp.nan) if k in EXTREMES else
+                     row.sums[k] / row.counts[k] for k in rows}
             rows = {k: rows[k].at[done].set(means[k]) for k in rows}  # rewritten until the row is full
             full = row.iterations == iterations_per_row
             row = jax.tree.map(lambda x: jnp.where(full, 0, x), row)
@@ -362,10 +364,11 @@ def train_loop(args, exp: Experiment, state, row, max_rows: int, chunk, evaluate
                     values = {k: v[u, i] for k, v in rows.items() if "/" in k and not np.isnan(v[u, i])}
                     if episodes[u, i] > 0:
                         values["charts/episodic_return"] = rows["return_sum"][u, i] / episodes[u, i]
-                        values["charts/episodic_return_min"] = rows["return_min"][u, i]
-                        values["charts/episodic_return_max"] = rows["return_max"][u, i]
                         values["charts/episodic_length"] = rows["length_sum"][u, i] / episodes[u, i]
                         values["charts/episodes"] = episodes[u, i]
+                        for k in EXTREMES:  # NaN where no episode's return was finite
+                            if not np.isnan(rows[k][u, i]):
+                                values[f"charts/episodic_{k}"] = rows[k][u, i]
                     logger.log(global_step + (u + 1) * row_steps, values)
             if diverged_at:
                 bad = ~np.asarray(finite_runs(state.params))

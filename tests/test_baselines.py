@@ -2,8 +2,10 @@
 computation, and the runner's bookkeeping."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -15,13 +17,24 @@ import report  # noqa: E402
 import run_baselines  # noqa: E402
 
 
-def test_smoke_suite_runs_skips_what_finished_and_reports(tmp_path):
+def test_smoke_suite_stops_on_sigterm_resumes_skips_what_finished_and_reports(tmp_path):
     out, docs = tmp_path / "baselines", tmp_path / "docs"
     suite = [sys.executable, os.path.join(ROOT, "benchmarks", "run_baselines.py"), "--suite", "smoke", "--seeds", "2",
              "--out", str(out)]
+    names = [b.name for b in run_baselines.SUITES["smoke"]]
+    stopped = subprocess.Popen(suite, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list((out / names[0] / "runs").glob("*/metrics.csv")) and time.time() < deadline:
+        time.sleep(0.2)
+    stopped.send_signal(signal.SIGTERM)  # as a scheduler would: the script stops, then the suite
+    assert stopped.wait(timeout=60) == 143, stopped.stderr.read()
+    assert "interrupted" in stopped.stderr.read()
+    assert json.loads((out / names[0] / "failed.json").read_text())["exit_code"] == 143
+    assert not (out / names[1]).exists()
+
     first = subprocess.run(suite, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
-    names = [b.name for b in run_baselines.SUITES["smoke"]]
+    assert [p.name.rsplit("-", 1)[0] for p in (out / ".attempts").iterdir()] == [names[0]]  # kept, not deleted
     for name in names:
         done = json.loads((out / name / "done.json").read_text())
         assert done["wall_seconds"] > 0 and "cores" in done["hardware"]
@@ -58,13 +71,38 @@ def test_last_100_episodes_weighs_rows_by_their_episode_counts():
 
 
 def test_a_baseline_counts_as_finished_only_with_the_same_command(tmp_path):
-    cmd = ["python", "ppo_discrete.py", "--num-seeds", "5"]
+    cmd = [sys.executable, os.path.join(ROOT, "ppo_discrete.py"), "--num-seeds", "5"]
     assert not run_baselines.finished(str(tmp_path), cmd)  # interrupted: no done.json
     (tmp_path / "done.json").write_text(json.dumps({"command": cmd[1:]}))
     assert run_baselines.finished(str(tmp_path), cmd)
+    (tmp_path / "done.json").write_text(json.dumps({"command": ["ppo_discrete.py", "--num-seeds", "5"]}))
+    assert run_baselines.finished(str(tmp_path), cmd)  # recorded with the checkout elsewhere
     assert not run_baselines.finished(str(tmp_path), [*cmd[:-1], "3"])  # other seeds: run again
     (tmp_path / "done.json").write_text("{trunc")
     assert not run_baselines.finished(str(tmp_path), cmd)
+
+
+def test_report_shows_unfinished_baselines_and_survives_a_cut_csv(tmp_path):
+    def baseline(name, lines, extra=None):
+        directory = tmp_path / "runs" / name
+        (directory / "runs" / f"CartPole-v1__{name}__1__1700000000").mkdir(parents=True)
+        (directory / "started.json").write_text(json.dumps({
+            "name": name, "command": ["ppo_discrete.py", "--total-timesteps", "4096", "--num-seeds", "1"],
+            "hardware": "test", "started": "today", "reference": None}))
+        if extra:
+            (directory / extra[0]).write_text(json.dumps(extra[1]))
+        csv_text = "global_step,metric,value,wall_time\n" + "".join(lines)
+        (directory / "runs" / f"CartPole-v1__{name}__1__1700000000" / "metrics.csv").write_text(csv_text)
+
+    baseline("killed", ["512,charts/episodic_return,20.0,1.0\n", "512,charts/episodes,4,1.0\n",
+                        "512,charts/SPS,100,1.0\n", "1024,charts/episodic_ret"])  # the last line cut short
+    baseline("diverged", ["512,charts/SPS,100,1.0\n"], ("failed.json", {"exit_code": 3, "finished": "today"}))
+    docs = tmp_path / "docs"
+    assert report.main(["--runs", str(tmp_path / "runs"), "--out", str(docs / "results.md"),
+                        "--plots", str(docs / "results")]) == 0
+    text = (docs / "results.md").read_text()
+    assert "| killed | 512 of 4,096 (running or stopped) | 1 | 20.0 |" in text
+    assert "| diverged | 512 of 4,096 (failed (exit 3)) | 1 | - |" in text and "(no episode has ended yet)" in text
 
 
 @pytest.mark.parametrize("argv, message", [

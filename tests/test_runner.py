@@ -141,6 +141,8 @@ def test_rows_keep_the_smallest_and_largest_return_of_the_episodes_that_ended():
     np.testing.assert_array_equal(rows["return_min"][:3], [-2, -4, -5])
     np.testing.assert_array_equal(rows["episodes"][:3], [4, 2, 2])
     np.testing.assert_array_equal(rows["return_sum"][:3], [0, 0, 0])
+    _, _, rows, _, _ = jax.jit(runner.make_chunk(iteration, 1, 4))(start, runner.empty_row(iteration, start), 4)
+    np.testing.assert_array_equal(rows["return_max"], [1, 2, np.nan, 4])  # no episode ended: not measured
 
 
 def test_chunk_names_the_first_iteration_whose_parameters_are_not_finite():
