@@ -164,7 +164,8 @@ def report(baselines: list, plots_dir: str, out_path: str) -> str:
     lines = ["# Reproduction results", "",
              "Written by `python benchmarks/report.py` from the runs of `python benchmarks/run_baselines.py`.",
              f"Metric (Open RL Benchmark's): per seed, the mean `charts/episodic_return` of the last {LAST_EPISODES} "
-             "training episodes; mean ± population std over seeds. Final eval: the last deterministic evaluation "
+             "training episodes (from per-iteration means weighted by their episode counts); mean ± population "
+             "std over seeds. Final eval: the last deterministic evaluation "
              "(at the end of training when done), mean ± std over seeds. SPS: env steps per second per seed, whole "
              "run. Beyond 64 seeds the runs log their mean, so no spread over seeds is shown.", "",
              "| baseline | steps | seeds | last-100 return | reference | verdict | final eval | wall time | SPS |",
@@ -195,7 +196,8 @@ def report(baselines: list, plots_dir: str, out_path: str) -> str:
         details += [f"## {b['name']}", "", f"`python {cmd}`", "",
                     f"- last {LAST_EPISODES} episodes per seed: "
                     + ", ".join(f"seed {seed} {x:.1f}" for seed, x in zip(runs, metric)),
-                    f"- reference: {ref['source']}, {ref['mean']} ± {ref['std']}; goal {ref['goal']}" if ref else
+                    f"- reference: {ref['source']}, {ref['mean']} ± {ref['std']}; goal: "
+                    + ("within one reference std" if ref["goal"] == "within" else ref["goal"]) if ref else
                     "- reference: none",
                     f"- hardware: {b['hardware']}; started {b['started']}"
                     + (f", finished {b['finished']}" if "finished" in b else ""), "", picture, ""]
