@@ -71,7 +71,8 @@ def read_baseline(directory: str) -> dict | None:
     if info is None:
         return None
     done, failed = (read_json(os.path.join(directory, f)) for f in ("done.json", "failed.json"))
-    status = "done" if done else f"failed (exit {failed['exit_code']})" if failed else "running or stopped"
+    status = ("done" if done else "running or killed" if not failed else
+              "stopped by a signal" if failed["exit_code"] in (130, 143) else f"failed (exit {failed['exit_code']})")
     runs = {}
     for run_dir in glob.glob(os.path.join(directory, "runs", "*", "")):
         if os.path.isfile(os.path.join(run_dir, "metrics.csv")):

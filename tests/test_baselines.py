@@ -97,11 +97,13 @@ def test_report_shows_unfinished_baselines_and_survives_a_cut_csv(tmp_path):
     baseline("killed", ["512,charts/episodic_return,20.0,1.0\n", "512,charts/episodes,4,1.0\n",
                         "512,charts/SPS,100,1.0\n", "1024,charts/episodic_ret"])  # the last line cut short
     baseline("diverged", ["512,charts/SPS,100,1.0\n"], ("failed.json", {"exit_code": 3, "finished": "today"}))
+    baseline("stopped", ["512,charts/SPS,100,1.0\n"], ("failed.json", {"exit_code": 143, "finished": "today"}))
     docs = tmp_path / "docs"
     assert report.main(["--runs", str(tmp_path / "runs"), "--out", str(docs / "results.md"),
                         "--plots", str(docs / "results")]) == 0
     text = (docs / "results.md").read_text()
-    assert "| killed | 512 of 4,096 (running or stopped) | 1 | 20.0 |" in text
+    assert "| killed | 512 of 4,096 (running or killed) | 1 | 20.0 |" in text
+    assert "| stopped | 512 of 4,096 (stopped by a signal) |" in text
     assert "| diverged | 512 of 4,096 (failed (exit 3)) | 1 | - |" in text and "(no episode has ended yet)" in text
 
 
