@@ -20,7 +20,7 @@ import sys
 
 import numpy as np
 
-from run_baselines import ROOT, SUITES, Parser
+from run_baselines import ROOT, SUITES, Parser, portable
 
 LAST_EPISODES = 100
 NOTES = "<!-- notes: report.py keeps everything below this line -->"
@@ -193,7 +193,7 @@ def report(baselines: list, plots_dir: str, out_path: str) -> str:
         png = os.path.join(plots_dir, f"{b['name']}.png")
         picture = (f"![{b['name']}]({os.path.relpath(png, os.path.dirname(os.path.abspath(out_path)))})"
                    if plot(b, png) else "(no episode has ended yet)")
-        cmd = " ".join(os.path.relpath(c, ROOT) if c.startswith(ROOT + os.sep) else c for c in b["command"])
+        cmd = " ".join(portable([None, *b["command"]]))  # records of older checkouts hold absolute paths
         details += [f"## {b['name']}", "", f"`python {cmd}`", "",
                     f"- last {LAST_EPISODES} episodes per seed: "
                     + ", ".join(f"seed {seed} {x:.1f}" for seed, x in zip(runs, metric)),

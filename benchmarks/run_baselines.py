@@ -200,7 +200,7 @@ def main(argv=None) -> int:
     chosen = [b for b in suite if args.only is None or b.name in args.only]
     if args.list:
         for b in chosen:
-            flags = [os.path.relpath(c, ROOT) if c.startswith(ROOT) else c for c in command(b, args.seeds)[1:]]
+            flags = portable(command(b, args.seeds))
             ref = f"\n    reference {b.reference.mean} ± {b.reference.std} ({b.reference.source})" if b.reference else ""
             print(f"{b.name}: python {' '.join(flags)}{ref}")
         return 0
