@@ -18,6 +18,7 @@ import numpy as np
 from common.cli import UsageError, suggest
 
 BRAX_BACKENDS = ("generalized", "positional", "spring", "mjx")
+CLIP = 10.0  # normalised observations and rewards are clipped to +-CLIP, as in CleanRL
 
 
 class EnvSpec(NamedTuple):
@@ -90,8 +91,8 @@ def update_stats(stats: RunningStats, batch: jax.Array, mask: jax.Array | None =
     return RunningStats(stats.mean + delta * n / total, m2 / total, total)
 
 
-def normalize(stats: RunningStats, x: jax.Array, clip: float) -> jax.Array:
-    return jnp.clip((x - stats.mean) / jnp.sqrt(stats.var + 1e-8), -clip, clip)
+def normalize(stats: RunningStats, x: jax.Array) -> jax.Array:
+    return jnp.clip((x - stats.mean) / jnp.sqrt(stats.var + 1e-8), -CLIP, CLIP)
 
 
 def _where(mask, a, b):
@@ -294,7 +295,7 @@ def check_env_id(env_id: str) -> None:
 
 def make_env(env_id: str, num_envs: int, *, num_copies: int = 1, max_episode_steps: int | None = None,
              normalize_obs: bool = False, normalize_reward: bool = False, gamma: float = 0.99,
-             reward_scale: float = 1.0, clip: float = 10.0, freeze_stats: bool = False,
+             reward_scale: float = 1.0, freeze_stats: bool = False,
              brax_backend: str = "generalized", brax_true_reset: bool = True, asynchronous: bool = False,
              video_dir: str | None = None, raw_obs: bool = False, gymnasium_stats: bool = False) -> Env:
     """Build an env; `num_copies` is the number of vmapped seeds that will share it (Gymnasium) or be
@@ -317,7 +318,7 @@ def make_env(env_id: str, num_envs: int, *, num_copies: int = 1, max_episode_ste
                                                       asynchronous, video_dir)
 
     def observe(norm, obs):
-        return normalize(norm.obs, obs, clip) if normalize_obs else obs
+        return normalize(norm.obs, obs) if normalize_obs else obs
 
     out = (lambda norm, obs: obs) if raw_obs else observe
 
@@ -345,7 +346,7 @@ def make_env(env_id: str, num_envs: int, *, num_copies: int = 1, max_episode_ste
         if normalize_reward and not freeze_stats:
             norm = norm._replace(ret=update_stats(norm.ret, discounted))
         if normalize_reward:  # CleanRL/Gymnasium: divide by the std of the discounted return
-            reward = jnp.clip(reward / jnp.sqrt(norm.ret.var + 1e-8), -clip, clip)
+            reward = jnp.clip(reward / jnp.sqrt(norm.ret.var + 1e-8), -CLIP, CLIP)
         state = EnvState(inner, jnp.where(done, 0.0, ep_return), jnp.where(done, 0, ep_length),
                          discounted if gymnasium_stats else jnp.where(done, 0.0, discounted), norm)
         episode = EpisodeStats(done, ep_return, ep_length)

@@ -20,18 +20,32 @@ CHECKPOINT_FORMAT = "jax-rl checkpoint 1"
 MODEL_FLAGS = ("env_id", "actor_hidden", "critic_hidden", "activation", "normalize_obs")
 
 
-def run_name(env_id: str, exp_name: str, seed: int | str, stamp: int) -> str:
-    return f"{env_id.replace('/', '_')}__{exp_name}__{seed}__{stamp}"
+# More runs than this share one directory per experiment name, logging the mean over their seeds.
+MAX_RUN_DIRS = 64
 
 
-def prepare_run_dir(path: str, clear_out: bool) -> None:
-    """Refuse to mix a new run into an existing directory unless asked to replace it."""
-    if os.path.exists(path):
-        if not clear_out:
-            raise UsageError(f"run directory '{path}' already exists; pass --clear-out to replace it "
-                             f"or change --exp-name")
-        shutil.rmtree(path)
-    os.makedirs(path)
+def open_runs(args, exp_names: list, seeds: list, configs: list) -> tuple:
+    """Create (never silently reuse) runs/{env}__{exp}__{seed}__{time} per run and open its logger; beyond
+    MAX_RUN_DIRS runs, runs/{env}__{exp}__seeds{first}-{last}__{time} per experiment name, with a MeanLogger."""
+    stamp, grouped = int(time.time()), len(seeds) > MAX_RUN_DIRS
+    labels = list(seeds)
+    if grouped:
+        spans = {e: [s for x, s in zip(exp_names, seeds) if x == e] for e in exp_names}
+        labels = [f"seeds{min(spans[e])}-{max(spans[e])}" for e in exp_names]
+    names = [f"{args.env_id.replace('/', '_')}__{exp}__{label}__{stamp}" for exp, label in zip(exp_names, labels)]
+    run_dirs, by_dir = [os.path.join("runs", n) for n in names], {}
+    for d, n, label, config in zip(run_dirs, names, labels, configs):
+        if d in by_dir:
+            continue
+        if os.path.exists(d):  # a new run is never mixed into an existing directory
+            if not args.clear_out:
+                raise UsageError(f"run directory '{d}' already exists; pass --clear-out to replace it "
+                                 f"or change --exp-name")
+            shutil.rmtree(d)
+        os.makedirs(d)
+        logger = RunLogger(d, n, {**config, "seed": label}, args.track, args.wandb_project_name, args.wandb_entity)
+        by_dir[d] = MeanLogger(logger) if grouped else logger
+    return run_dirs, [by_dir[d] for d in run_dirs]
 
 
 def _wandb_reachable(timeout: float = 3.0) -> bool:

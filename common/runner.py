@@ -23,10 +23,8 @@ import numpy as np
 
 from common.cli import STOP, TRAINING, Diverged, UsageError, _on_quit
 from common.envs import make_env
-from common.logger import MeanLogger, RunLogger, prepare_run_dir, restore, run_name, save_checkpoint
+from common.logger import open_runs, restore, save_checkpoint
 
-# More runs than this share one directory per experiment name, logging the mean over their seeds.
-MAX_RUN_DIRS = 64
 # A compiled chunk runs about this long (seconds): progress, logs and Ctrl-C are handled between chunks.
 CHUNK_SECONDS = 5.0
 SUMMED = ("episodes", "return_sum", "length_sum")
@@ -245,55 +243,34 @@ def open_experiment(args, settings: list, steps_per_iteration: int, iterations_p
                       iterations_per_row, num_rows)
 
 
-def open_runs(args, exp_names: list, seeds: list, configs: list) -> tuple:
-    """Create (never silently reuse) runs/{env}__{exp}__{seed}__{time} per run and open its logger; beyond
-    MAX_RUN_DIRS runs, runs/{env}__{exp}__seeds{first}-{last}__{time} per experiment name."""
-    stamp, grouped = int(time.time()), len(seeds) > MAX_RUN_DIRS
-    labels = list(seeds)
-    if grouped:
-        spans = {e: [s for x, s in zip(exp_names, seeds) if x == e] for e in exp_names}
-        labels = [f"seeds{min(spans[e])}-{max(spans[e])}" for e in exp_names]
-    names = [run_name(args.env_id, exp, label, stamp) for exp, label in zip(exp_names, labels)]
-    run_dirs, by_dir = [os.path.join("runs", n) for n in names], {}
-    for d, n, label, config in zip(run_dirs, names, labels, configs):
-        if d not in by_dir:
-            prepare_run_dir(d, args.clear_out)
-            logger = RunLogger(d, n, {**config, "seed": label}, args.track, args.wandb_project_name,
-                               args.wandb_entity)
-            by_dir[d] = MeanLogger(logger) if grouped else logger
-    return run_dirs, [by_dir[d] for d in run_dirs]
-
-
 def train_or_evaluate(args, exp: Experiment, ckpt, init, iteration, evaluate, *init_args, donate=None):
     """Compile the vmapped `init(keys, *init_args, params, norm)`, `iteration` and `evaluate`, then train
     (printing the final evaluation per sweep setting) or, with --eval-only, evaluate the loaded model."""
     keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(exp.seeds))
-    params, norm = None, None
-    if ckpt is not None:
-        shapes = jax.eval_shape(init, keys, *init_args, None, None)
-        try:
-            params, norm = restore(ckpt, shapes.params, shapes.env_state.norm)
-        except UsageError:  # nothing ran: leave no empty run directories behind
-            for logger in exp.loggers:
-                logger.close()
-            for run_dir in set(exp.run_dirs):
-                shutil.rmtree(run_dir, ignore_errors=True)
-            exp.env.close()
-            exp.eval_env.close()
-            raise
-    state = spread_runs(args, jit(init)(keys, *init_args, params, norm), len(exp.seeds))
-    max_rows = min(exp.num_rows, max(1, -(-args.eval_every // (exp.steps_per_iteration * exp.iterations_per_row))),
-                   256)
-    chunk, row = jit_chunk(make_chunk(iteration, exp.iterations_per_row, max_rows), donate), empty_row(iteration, state)
-    evaluate = jit(evaluate)
     try:
+        params, norm = None, None
+        if ckpt is not None:
+            shapes = jax.eval_shape(init, keys, *init_args, None, None)
+            try:
+                params, norm = restore(ckpt, shapes.params, shapes.env_state.norm)
+            except UsageError:  # nothing ran: leave no empty run directories behind
+                for logger in exp.loggers:
+                    logger.close()
+                for run_dir in set(exp.run_dirs):
+                    shutil.rmtree(run_dir, ignore_errors=True)
+                raise
+        state = spread_runs(args, jit(init)(keys, *init_args, params, norm), len(exp.seeds))
+        max_rows = min(exp.num_rows, 256,
+                       max(1, -(-args.eval_every // (exp.steps_per_iteration * exp.iterations_per_row))))
+        chunk = jit_chunk(make_chunk(iteration, exp.iterations_per_row, max_rows), donate)
+        evaluate = jit(evaluate)
         if args.eval_only:
             returns = evaluate_runs(evaluate, state, exp.seeds, 0, exp.loggers)
             print(f"eval/episodic_return {returns.mean():.2f} over {args.num_eval_envs} episodes per seed")
             for logger in exp.loggers:
                 logger.close()
             return
-        returns = train_loop(args, exp, state, row, max_rows, chunk, evaluate)
+        returns = train_loop(args, exp, state, empty_row(iteration, state), max_rows, chunk, evaluate)
     finally:
         exp.env.close()
         exp.eval_env.close()

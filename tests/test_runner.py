@@ -10,7 +10,7 @@ import ppo_discrete
 from common import runner
 from common.cli import UsageError
 from common.envs import EpisodeStats, NormStats, init_stats
-from common.logger import load_checkpoint
+from common.logger import MAX_RUN_DIRS, load_checkpoint, open_runs
 from conftest import read_metrics
 
 
@@ -25,7 +25,7 @@ def rows(run_dir):
 
 def test_few_runs_get_a_directory_each(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    run_dirs, loggers = runner.open_runs(args(), ["a", "a"], [1, 2], [{"seed": 1}, {"seed": 2}])
+    run_dirs, loggers = open_runs(args(), ["a", "a"], [1, 2], [{"seed": 1}, {"seed": 2}])
     assert len(set(run_dirs)) == 2 and loggers[0] is not loggers[1]
     for logger in loggers:
         logger.close()
@@ -33,9 +33,9 @@ def test_few_runs_get_a_directory_each(tmp_path, monkeypatch):
 
 def test_many_runs_share_one_directory_per_experiment_and_log_means(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    n = runner.MAX_RUN_DIRS + 1
+    n = MAX_RUN_DIRS + 1
     exps, seeds = ["lr=1"] * n + ["lr=2"] * n, list(range(1, n + 1)) * 2
-    run_dirs, loggers = runner.open_runs(args(), exps, seeds, [{"seed": s} for s in seeds])
+    run_dirs, loggers = open_runs(args(), exps, seeds, [{"seed": s} for s in seeds])
     assert len(set(run_dirs)) == 2 and run_dirs[0].split("__")[2] == f"seeds1-{n}"
     for step in (10, 20):  # as the host loop does: every run in turn, then SPS at the same step
         for i, logger in enumerate(loggers):
