@@ -193,7 +193,7 @@ def report(baselines: list, plots_dir: str, out_path: str) -> str:
         png = os.path.join(plots_dir, f"{b['name']}.png")
         picture = (f"![{b['name']}]({os.path.relpath(png, os.path.dirname(os.path.abspath(out_path)))})"
                    if plot(b, png) else "(no episode has ended yet)")
-        cmd = " ".join(portable([None, *b["command"]]))  # records of older checkouts hold absolute paths
+        cmd = " ".join(portable(b["command"]))  # records of older checkouts hold absolute paths
         details += [f"## {b['name']}", "", f"`python {cmd}`", "",
                     f"- last {LAST_EPISODES} episodes per seed: "
                     + ", ".join(f"seed {seed} {x:.1f}" for seed, x in zip(runs, metric)),

@@ -122,10 +122,10 @@ def hardware() -> str:
     return f"{device}; jax {jax_version}"
 
 
-def portable(cmd: list) -> list:
-    """The command after the interpreter, with paths relative to the repository (so a moved checkout or runs
-    copied from another machine still match)."""
-    return [os.path.relpath(c, ROOT) if c.startswith(ROOT + os.sep) else c for c in cmd[1:]]
+def portable(args: list) -> list:
+    """Command-line arguments with paths relative to the repository (so a moved checkout or runs copied from
+    another machine still match)."""
+    return [os.path.relpath(c, ROOT) if c.startswith(ROOT + os.sep) else c for c in args]
 
 
 def write_json(path: str, record: dict) -> None:
@@ -142,7 +142,7 @@ def finished(directory: str, cmd: list) -> bool:
             done = json.load(f)
     except (OSError, ValueError):
         return False
-    return portable([None, *done.get("command", [])]) == portable(cmd)
+    return portable(done.get("command", [])) == portable(cmd[1:])
 
 
 def set_aside(directory: str) -> None:
@@ -157,7 +157,7 @@ def run(baseline: Baseline, cmd: list, device: str, directory: str) -> int:
     """Run one baseline from scratch in `directory`; done.json when it ends cleanly, else failed.json."""
     set_aside(directory)
     os.makedirs(directory)
-    info = {"name": baseline.name, "command": portable(cmd), "hardware": device,
+    info = {"name": baseline.name, "command": portable(cmd[1:]), "hardware": device,
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "reference": baseline.reference._asdict() if baseline.reference else None}
     write_json(os.path.join(directory, "started.json"), info)
@@ -200,7 +200,7 @@ def main(argv=None) -> int:
     chosen = [b for b in suite if args.only is None or b.name in args.only]
     if args.list:
         for b in chosen:
-            flags = portable(command(b, args.seeds))
+            flags = portable(command(b, args.seeds)[1:])
             ref = f"\n    reference {b.reference.mean} ± {b.reference.std} ({b.reference.source})" if b.reference else ""
             print(f"{b.name}: python {' '.join(flags)}{ref}")
         return 0
