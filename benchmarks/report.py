@@ -78,8 +78,17 @@ def read_baseline(directory: str) -> dict | None:
         if os.path.isfile(os.path.join(run_dir, "metrics.csv")):
             seed = os.path.basename(os.path.dirname(run_dir)).split("__")[-2]  # {env}__{exp}__{seed}__{time}
             runs[seed] = read_run(run_dir)
+    return {**info, **(done or failed or {}), "status": status, "runs": runs}
+
+
+def merge(parts: list) -> dict:
+    """One baseline from the processes that trained its seeds: one process, or one per seed where a seed takes
+    hours. Done when every process is; wall time summed over them (they run one after another)."""
+    runs = {seed: run for p in parts for seed, run in p["runs"].items()}
     order = sorted(runs, key=lambda seed: (len(seed), seed))  # seed 2 before seed 10
-    return {**info, **(done or failed or {}), "status": status, "runs": {seed: runs[seed] for seed in order}}
+    status = next((p["status"] for p in parts if p["status"] != "done"), "done")
+    return {**parts[0], "runs": {seed: runs[seed] for seed in order}, "status": status, "processes": parts,
+            "wall_seconds": sum(p.get("wall_seconds", 0) for p in parts)}
 
 
 def total_steps(command: list) -> str:
@@ -157,7 +166,7 @@ def plot(b: dict, path: str) -> bool:
 
 
 def seed_count(b: dict) -> int:
-    return int(b["command"][b["command"].index("--num-seeds") + 1])
+    return sum(int(p["command"][p["command"].index("--num-seeds") + 1]) for p in b["processes"])
 
 
 def report(baselines: list, plots_dir: str, out_path: str) -> str:
@@ -193,15 +202,19 @@ def report(baselines: list, plots_dir: str, out_path: str) -> str:
         png = os.path.join(plots_dir, f"{b['name']}.png")
         picture = (f"![{b['name']}]({os.path.relpath(png, os.path.dirname(os.path.abspath(out_path)))})"
                    if plot(b, png) else "(no episode has ended yet)")
-        cmd = " ".join(portable(b["command"]))  # records of older checkouts hold absolute paths
-        details += [f"## {b['name']}", "", f"`python {cmd}`", "",
+        commands = "\n\n".join(f"`python {' '.join(portable(p['command']))}`" + ("" if p["status"] == "done" else
+                              f" ({p['status']})") for p in b["processes"])  # older records hold absolute paths
+        details += [f"## {b['name']}", "", commands, "",
                     f"- last {LAST_EPISODES} episodes per seed: "
                     + ", ".join(f"seed {seed} {x:.1f}" for seed, x in zip(runs, metric)),
                     f"- reference: {ref['source']}, {ref['mean']} ± {ref['std']}; goal: "
                     + ("within one reference std" if ref["goal"] == "within" else ref["goal"]) if ref else
-                    "- reference: none",
-                    f"- hardware: {b['hardware']}; started {b['started']}"
-                    + (f", finished {b['finished']}" if "finished" in b else ""), "", picture, ""]
+                    "- reference: none"]
+        for p in b["processes"]:
+            seeds = "" if len(b["processes"]) == 1 else f" (seed {', '.join(p['runs']) or '?'})"
+            details.append(f"- hardware{seeds}: {p['hardware']}; started {p['started']}"
+                           + (f", finished {p['finished']}" if "finished" in p else ""))
+        details += ["", picture, ""]
     text = "\n".join(lines + [""] + details)
     old = ""
     if os.path.exists(out_path):
@@ -222,10 +235,16 @@ def main(argv=None) -> int:
     parser.add_argument("--plots", default=os.path.join(ROOT, "docs", "results"), help="where the PNGs go")
     args = parser.parse_args(argv)
     order = [b.name for suite in SUITES.values() for b in suite]  # as the suites list them, then the others
-    directories = sorted(glob.glob(os.path.join(args.runs, "*")),
-                         key=lambda d: (order.index(os.path.basename(d)) if os.path.basename(d) in order else len(order),
-                                        d))
-    baselines = [b for d in directories if (b := read_baseline(d))]
+
+    def position(directory):  # <name>.seed<k>: the process of the baseline <name> that trains from seed k
+        name, _, first = os.path.basename(directory).partition(".seed")
+        return order.index(name) if name in order else len(order), name, int(first) if first.isdigit() else 1
+    directories = sorted(glob.glob(os.path.join(args.runs, "*")), key=position)
+    processes = {}
+    for d in directories:
+        if (b := read_baseline(d)):
+            processes.setdefault(b["name"], []).append(b)
+    baselines = [merge(parts) for parts in processes.values()]
     if not baselines:
         print(f"error: no baselines under {args.runs}; run benchmarks/run_baselines.py first", file=sys.stderr)
         return 2

@@ -5,11 +5,13 @@
     python benchmarks/run_baselines.py --only ppo_hopper_cleanrl sac_hopper_cleanrl --seeds 3
     python benchmarks/run_baselines.py --list           # the suites, their commands and references
 
-The seeds of a baseline train together in one process (`--num-seeds K`, vmapped). A baseline that finished
-(runs/baselines/<name>/done.json, written when its process exits cleanly with the same command) is skipped;
-one that was interrupted, failed or ran another command starts again from scratch, its earlier attempt moved
-to runs/baselines/.attempts/. Ctrl-C or SIGTERM stops the current baseline (it keeps its logs) and the suite;
-the same command resumes with that baseline. `python benchmarks/report.py` turns the runs into docs/results.md.
+The seeds of a baseline train together in one process (`--num-seeds K`, vmapped), except where one seed takes
+hours (SAC on MuJoCo here): one seed unless --seeds asks for more, a process per seed, seed k's in
+runs/baselines/<name>.seed<k>/. A process that finished (its directory's done.json, written when it exits
+cleanly with the same command) is skipped; one that was interrupted, failed or ran another command starts
+again from scratch, its earlier attempt moved to runs/baselines/.attempts/. Ctrl-C or SIGTERM stops the current
+process (it keeps its logs) and the suite; the same command resumes with it. `python benchmarks/report.py`
+turns the runs into docs/results.md.
 """
 import argparse
 import json
@@ -37,10 +39,12 @@ class Baseline(NamedTuple):
     script: str
     flags: tuple  # after the script; config paths relative to the repository
     reference: Optional[Reference] = None
-    max_seeds: Optional[int] = None  # fewer seeds than asked where one seed already takes hours on this suite
+    default_seeds: Optional[int] = None  # seeds when --seeds is not given, where one seed takes hours on this suite
+    seeds_per_process: Optional[int] = None  # a process per this many seeds, each finished and kept on its own
     min_seeds: Optional[int] = None  # more seeds than asked (many-seed runs)
 
 
+DEFAULT_SEEDS = 5
 CLEANRL_PPO = "CleanRL ppo_continuous_action.py, Open RL Benchmark (v4, 1M steps)"
 CLEANRL_SAC = "CleanRL sac_continuous_action.py, Open RL Benchmark (v4, 1M steps)"
 CLEANRL_PPO_DISCRETE = "CleanRL ppo.py, Open RL Benchmark (500k steps)"
@@ -65,11 +69,12 @@ SUITES = {
                  Reference(CLEANRL_PPO, *HALFCHEETAH_PPO, "within")),
         Baseline("ppo_halfcheetah", "ppo_continuous.py", ("--env-id", "HalfCheetah-v4"),
                  Reference(CLEANRL_PPO, *HALFCHEETAH_PPO, ">= 1600")),
-        # one seed of SAC takes about two hours on a 2-core CPU
+        # one seed of SAC takes about two hours on a 2-core CPU: one seed unless --seeds asks for more, each
+        # seed its own process (vmapping them saves nothing here), so every finished seed counts on its own
         Baseline("sac_hopper_cleanrl", "sac.py", ("--config", "configs/sac_hopper_cleanrl.yaml"),
-                 Reference(CLEANRL_SAC, 2310.46, 342.82, ">= 3000"), max_seeds=1),
+                 Reference(CLEANRL_SAC, 2310.46, 342.82, ">= 3000"), default_seeds=1, seeds_per_process=1),
         Baseline("sac_halfcheetah_cleanrl", "sac.py", ("--config", "configs/sac_halfcheetah_cleanrl.yaml"),
-                 Reference(CLEANRL_SAC, 9634.89, 1423.73, "within"), max_seeds=1),
+                 Reference(CLEANRL_SAC, 9634.89, 1423.73, "within"), default_seeds=1, seeds_per_process=1),
     ],
     "gpu": [
         Baseline("ppo_ant_brax", "ppo_continuous.py", ("--config", "configs/ppo_continuous_brax_ant.yaml")),
@@ -83,7 +88,8 @@ SUITES = {
                  Reference(CLEANRL_PPO_DISCRETE, *CARTPOLE_PPO, "within")),
         Baseline("smoke_ppo_continuous", "ppo_continuous.py",
                  ("--env-id", "Pendulum-v1", "--total-timesteps", "2048", "--num-steps", "256",
-                  "--num-minibatches", "2", "--update-epochs", "1", "--num-eval-envs", "2")),
+                  "--num-minibatches", "2", "--update-epochs", "1", "--num-eval-envs", "2"),
+                 seeds_per_process=1),  # a process per seed, as the SAC baselines
     ],
 }
 
@@ -94,15 +100,19 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def command(baseline: Baseline, seeds: int) -> list:
-    """The script's command line (absolute paths, so it runs from the baseline's directory)."""
-    if baseline.max_seeds is not None:
-        seeds = min(seeds, baseline.max_seeds)
+def processes(baseline: Baseline, seeds: Optional[int]) -> list:
+    """(directory name, command line) of each process that trains the baseline's seeds 1..K: one process for
+    them all, or one per `seeds_per_process` seeds, the first in <name>/, the others in <name>.seed<first>/.
+    Command lines hold absolute paths, so they run from the baseline's directory."""
+    seeds = seeds or baseline.default_seeds or DEFAULT_SEEDS
     if baseline.min_seeds is not None:
         seeds = max(seeds, baseline.min_seeds)
+    chunk = baseline.seeds_per_process or seeds
     flags = [os.path.join(ROOT, f) if f.startswith("configs/") else f for f in baseline.flags]
-    return [sys.executable, os.path.join(ROOT, baseline.script), *flags, "--num-seeds", str(seeds), "--seed", "1",
-            "--exp-name", baseline.name]
+    return [(baseline.name if first == 1 else f"{baseline.name}.seed{first}",
+             [sys.executable, os.path.join(ROOT, baseline.script), *flags, "--num-seeds",
+              str(min(chunk, seeds - first + 1)), "--seed", str(first), "--exp-name", baseline.name])
+            for first in range(1, seeds + 1, chunk)]
 
 
 def hardware() -> str:
@@ -180,7 +190,9 @@ def run(baseline: Baseline, cmd: list, device: str, directory: str) -> int:
 def main(argv=None) -> int:
     parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default="cpu", help=f"which baselines: {', '.join(SUITES)}")
-    parser.add_argument("--seeds", type=int, default=5, help="seeds per baseline (vmapped in one process)")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help=f"seeds per baseline, vmapped in one process (default {DEFAULT_SEEDS}; SAC on MuJoCo: 1, "
+                             "one process per seed)")
     parser.add_argument("--only", nargs="+", default=None, metavar="NAME", help="run only these baselines")
     parser.add_argument("--out", default=OUT, help="where the baselines' directories go")
     parser.add_argument("--list", action="store_true", help="print the suite's baselines and commands, run nothing")
@@ -188,7 +200,7 @@ def main(argv=None) -> int:
     if args.suite not in SUITES:
         print(f"error: no suite '{args.suite}'; choose one of {', '.join(SUITES)}", file=sys.stderr)
         return 2
-    if args.seeds < 1:
+    if args.seeds is not None and args.seeds < 1:
         print("error: --seeds must be at least 1", file=sys.stderr)
         return 2
     suite = SUITES[args.suite]
@@ -200,27 +212,28 @@ def main(argv=None) -> int:
     chosen = [b for b in suite if args.only is None or b.name in args.only]
     if args.list:
         for b in chosen:
-            flags = portable(command(b, args.seeds)[1:])
-            ref = f"\n    reference {b.reference.mean} ± {b.reference.std} ({b.reference.source})" if b.reference else ""
-            print(f"{b.name}: python {' '.join(flags)}{ref}")
+            commands = [f"python {' '.join(portable(cmd[1:]))}" for _, cmd in processes(b, args.seeds)]
+            print(f"{b.name}:", "\n    ".join(commands))
+            if b.reference:
+                print(f"    reference {b.reference.mean} ± {b.reference.std} ({b.reference.source})")
         return 0
     device, failed = hardware(), []
     for i, baseline in enumerate(chosen, 1):
-        cmd = command(baseline, args.seeds)
-        label = f"[{i}/{len(chosen)}] {baseline.name}"
-        directory = os.path.join(args.out, baseline.name)
-        if finished(directory, cmd):
-            print(f"{label}: finished before, skipped", flush=True)
-            continue
-        print(f"{label}: {' '.join(cmd[1:])}", flush=True)
-        rc = run(baseline, cmd, device, directory)
-        if rc in (130, 143):  # the script was stopped by Ctrl-C or SIGTERM: so is the suite
-            print(f"{label}: interrupted; run the same command again to resume from it (this baseline starts "
-                  f"again; the stopped attempt moves to {os.path.join(args.out, '.attempts')})", file=sys.stderr)
-            return rc
-        if rc != 0:
-            print(f"{label}: exited with {rc}; its logs are in {directory}", flush=True)
-            failed.append(baseline.name)
+        for name, cmd in processes(baseline, args.seeds):
+            label = f"[{i}/{len(chosen)}] {name}"
+            directory = os.path.join(args.out, name)
+            if finished(directory, cmd):
+                print(f"{label}: finished before, skipped", flush=True)
+                continue
+            print(f"{label}: {' '.join(cmd[1:])}", flush=True)
+            rc = run(baseline, cmd, device, directory)
+            if rc in (130, 143):  # the script was stopped by Ctrl-C or SIGTERM: so is the suite
+                print(f"{label}: interrupted; run the same command again to resume from it (it starts again; the "
+                      f"stopped attempt moves to {os.path.join(args.out, '.attempts')})", file=sys.stderr)
+                return rc
+            if rc != 0:
+                print(f"{label}: exited with {rc}; its logs are in {directory}", flush=True)
+                failed += [] if baseline.name in failed else [baseline.name]
     print(f"suite '{args.suite}': {len(chosen) - len(failed)} of {len(chosen)} finished"
           + (f"; failed: {', '.join(failed)}" if failed else "") + f" (runs in {args.out}/)")
     return 1 if failed else 0

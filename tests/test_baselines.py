@@ -35,12 +35,19 @@ def test_smoke_suite_stops_on_sigterm_resumes_skips_what_finished_and_reports(tm
     first = subprocess.run(suite, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     assert [p.name.rsplit("-", 1)[0] for p in (out / ".attempts").iterdir()] == [names[0]]  # kept, not deleted
-    for name in names:
-        done = json.loads((out / name / "done.json").read_text())
+    # smoke_ppo_continuous trains a process per seed (as SAC on MuJoCo); the others both seeds in one process
+    processes = {"smoke_ppo_discrete": {"smoke_ppo_discrete": 2},
+                 "smoke_ppo_continuous": {"smoke_ppo_continuous": 1, "smoke_ppo_continuous.seed2": 1}}
+    assert set(processes) == set(names)
+    assert sorted(p.name for p in out.iterdir() if p.name != ".attempts") == sorted(
+        d for name in names for d in processes[name])
+    for directory, seeds in [item for name in names for item in processes[name].items()]:
+        done = json.loads((out / directory / "done.json").read_text())
         assert done["wall_seconds"] > 0 and "cores" in done["hardware"]
-        assert len(list((out / name / "runs").glob("*/metrics.csv"))) == 2  # a directory per seed
+        assert done["command"][done["command"].index("--num-seeds") + 1] == str(seeds)
+        assert len(list((out / directory / "runs").glob("*/metrics.csv"))) == seeds  # a directory per seed
     again = subprocess.run(suite, capture_output=True, text=True, timeout=120)
-    assert again.returncode == 0 and again.stdout.count("finished before, skipped") == len(names)
+    assert again.returncode == 0 and again.stdout.count("finished before, skipped") == 3
 
     written = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "report.py"), "--runs", str(out),
                               "--out", str(docs / "results.md"), "--plots", str(docs / "results")],
@@ -49,7 +56,7 @@ def test_smoke_suite_stops_on_sigterm_resumes_skips_what_finished_and_reports(tm
     text = (docs / "results.md").read_text()
     for name in names:
         row = next(line for line in text.splitlines() if line.startswith(f"| {name} |"))
-        assert " | 2 | " in row and "nan" not in row  # two seeds, every figure measured
+        assert " | 2 | " in row and "nan" not in row  # two seeds (from one or two processes), every figure measured
         from matplotlib.image import imread
         image = imread(docs / "results" / f"{name}.png")
         assert image.shape[0] > 100 and image.shape[1] > 100 and image.std() > 0  # a picture, not a blank
@@ -80,6 +87,20 @@ def test_a_baseline_counts_as_finished_only_with_the_same_command(tmp_path):
     assert not run_baselines.finished(str(tmp_path), [*cmd[:-1], "3"])  # other seeds: run again
     (tmp_path / "done.json").write_text("{trunc")
     assert not run_baselines.finished(str(tmp_path), cmd)
+
+
+def test_hour_long_seeds_train_one_process_each_and_only_as_many_as_asked():
+    cpu = {b.name: b for b in run_baselines.SUITES["cpu"]}
+
+    def split(name, seeds):  # (directory, first seed, seeds in the process) of each process
+        return [(d, cmd[cmd.index("--seed") + 1], cmd[cmd.index("--num-seeds") + 1])
+                for d, cmd in run_baselines.processes(cpu[name], seeds)]
+    assert split("ppo_hopper", None) == [("ppo_hopper", "1", "5")]  # 5 seeds vmapped in one process
+    assert split("ppo_hopper", 3) == [("ppo_hopper", "1", "3")]
+    assert split("sac_hopper_cleanrl", None) == [("sac_hopper_cleanrl", "1", "1")]  # two hours a seed: one
+    assert split("sac_hopper_cleanrl", 3) == [("sac_hopper_cleanrl", "1", "1"), ("sac_hopper_cleanrl.seed2", "2", "1"),
+                                              ("sac_hopper_cleanrl.seed3", "3", "1")]
+    assert split("sac_hopper_cleanrl", 3)[0] == split("sac_hopper_cleanrl", None)[0]  # seed 1 done once counts for both
 
 
 def test_report_shows_unfinished_baselines_and_survives_a_cut_csv(tmp_path):
