@@ -143,11 +143,12 @@ def plot(b: dict, path: str) -> bool:
         return False
     steps = np.unique(np.concatenate([s for s, _ in curves]))
     on_grid = np.array([np.interp(steps, s, v, left=np.nan, right=np.nan) for s, v in curves])
+    seeds = seed_count(b)
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
-    ax.plot(steps, np.nanmean(on_grid, 0), label=f"{b['name']} ({seed_count(b)} seed{'s' * (seed_count(b) > 1)})")
+    ax.plot(steps, np.nanmean(on_grid, 0), label=f"{b['name']} ({seeds} seed{'s' * (seeds > 1)})")
     if len(curves) > 1:
         ax.fill_between(steps, np.nanmin(on_grid, 0), np.nanmax(on_grid, 0), alpha=0.25, label="min-max over seeds")
-    elif seed_count(b) == 1 and "charts/episodic_return_min" in next(iter(b["runs"].values())):
+    elif seeds == 1 and "charts/episodic_return_min" in next(iter(b["runs"].values())):
         run = next(iter(b["runs"].values()))
         ax.fill_between(run["charts/episodic_return_min"][0], run["charts/episodic_return_min"][1],
                         run["charts/episodic_return_max"][1], alpha=0.25, label="min-max of the episodes")

@@ -233,7 +233,8 @@ def main(argv=None) -> int:
                 return rc
             if rc != 0:
                 print(f"{label}: exited with {rc}; its logs are in {directory}", flush=True)
-                failed += [] if baseline.name in failed else [baseline.name]
+                if baseline.name not in failed:  # a baseline counts once however many of its processes failed
+                    failed.append(baseline.name)
     print(f"suite '{args.suite}': {len(chosen) - len(failed)} of {len(chosen)} finished"
           + (f"; failed: {', '.join(failed)}" if failed else "") + f" (runs in {args.out}/)")
     return 1 if failed else 0
