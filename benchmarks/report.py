@@ -121,14 +121,19 @@ def mean_std(values, spread: bool = True) -> str:
 
 
 def verdict(reference: dict | None, mean: float) -> str:
+    """Each goal of the reference ("within" one std of its mean, or ">= N"; several joined by commas) judged."""
     if not reference or np.isnan(mean):
         return ""
-    goal = reference["goal"]
-    if goal == "within":
-        ok = abs(mean - reference["mean"]) <= reference["std"]
-        return "within 1 std" if ok else f"{'below' if mean < reference['mean'] else 'above'} by more than 1 std"
-    threshold = float(goal.split()[-1])
-    return f"meets {goal}" if mean >= threshold else f"short of {goal}"
+    verdicts = []
+    for goal in (g.strip() for g in reference["goal"].split(",")):
+        if goal == "within":
+            ok = abs(mean - reference["mean"]) <= reference["std"]
+            verdicts.append("within 1 std" if ok else
+                            f"{'below' if mean < reference['mean'] else 'above'} by more than 1 std")
+        else:
+            threshold = float(goal.split()[-1])
+            verdicts.append(f"meets {goal}" if mean >= threshold else f"short of {goal}")
+    return "; ".join(verdicts)
 
 
 def plot(b: dict, path: str) -> bool:
@@ -209,7 +214,7 @@ def report(baselines: list, plots_dir: str, out_path: str) -> str:
                     f"- last {LAST_EPISODES} episodes per seed: "
                     + ", ".join(f"seed {seed} {x:.1f}" for seed, x in zip(runs, metric)),
                     f"- reference: {ref['source']}, {ref['mean']} ± {ref['std']}; goal: "
-                    + ("within one reference std" if ref["goal"] == "within" else ref["goal"]) if ref else
+                    + ref["goal"].replace("within", "within one reference std").replace(",", " and") if ref else
                     "- reference: none"]
         for p in b["processes"]:
             seeds = "" if len(b["processes"]) == 1 else f" (seed {', '.join(p['runs']) or '?'})"

@@ -31,7 +31,7 @@ class Reference(NamedTuple):
     source: str  # where the published figure comes from
     mean: float  # Open RL Benchmark's metric: mean over seeds of the last-100-episode mean return
     std: float  # population std over seeds
-    goal: str  # what this baseline should reach: "within" one std of the mean, or ">= N"
+    goal: str  # what this baseline should reach: "within" one std of the mean, ">= N", or both ("within, >= N")
 
 
 class Baseline(NamedTuple):
@@ -71,8 +71,9 @@ SUITES = {
                  Reference(CLEANRL_PPO, *HALFCHEETAH_PPO, ">= 1600")),
         # one seed of SAC takes about two hours on a 2-core CPU: one seed unless --seeds asks for more, each
         # seed its own process (vmapping them saves nothing here), so every finished seed counts on its own
+        # CleanRL's SAC preset is also sac.py's defaults: judged by both goals
         Baseline("sac_hopper_cleanrl", "sac.py", ("--config", "configs/sac_hopper_cleanrl.yaml"),
-                 Reference(CLEANRL_SAC, 2310.46, 342.82, ">= 3000"), default_seeds=1, seeds_per_process=1),
+                 Reference(CLEANRL_SAC, 2310.46, 342.82, "within, >= 3000"), default_seeds=1, seeds_per_process=1),
         Baseline("sac_halfcheetah_cleanrl", "sac.py", ("--config", "configs/sac_halfcheetah_cleanrl.yaml"),
                  Reference(CLEANRL_SAC, 9634.89, 1423.73, "within"), default_seeds=1, seeds_per_process=1),
     ],

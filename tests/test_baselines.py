@@ -77,6 +77,18 @@ def test_last_100_episodes_weighs_rows_by_their_episode_counts():
     assert report.last_episodes_mean(few) == pytest.approx((5 * 10 + 6 * 20) / 11)  # fewer than 100: all of them
 
 
+def test_verdict_judges_each_goal_of_a_reference():
+    ref = {"mean": 2310.46, "std": 342.82, "goal": "within"}
+    assert report.verdict(ref, 2000.0) == "within 1 std"
+    assert report.verdict(ref, 1900.0) == "below by more than 1 std"
+    assert report.verdict(ref, 2700.0) == "above by more than 1 std"
+    assert report.verdict({**ref, "goal": ">= 3000"}, 3000.0) == "meets >= 3000"
+    both = {**ref, "goal": "within, >= 3000"}  # a CleanRL preset that is also the script's defaults
+    assert report.verdict(both, 2193.6) == "within 1 std; short of >= 3000"
+    assert report.verdict(both, 3100.0) == "above by more than 1 std; meets >= 3000"
+    assert report.verdict(both, float("nan")) == ""
+
+
 def test_a_baseline_counts_as_finished_only_with_the_same_command(tmp_path):
     cmd = [sys.executable, os.path.join(ROOT, "ppo_discrete.py"), "--num-seeds", "5"]
     assert not run_baselines.finished(str(tmp_path), cmd)  # interrupted: no done.json
