@@ -214,7 +214,8 @@ def report(baselines: list, plots_dir: str, out_path: str) -> str:
                     f"- last {LAST_EPISODES} episodes per seed: "
                     + ", ".join(f"seed {seed} {x:.1f}" for seed, x in zip(runs, metric)),
                     f"- reference: {ref['source']}, {ref['mean']} ± {ref['std']}; goal: "
-                    + ref["goal"].replace("within", "within one reference std").replace(",", " and") if ref else
+                    + " and ".join("within one reference std" if g.strip() == "within" else g.strip()
+                                  for g in ref["goal"].split(",")) if ref else
                     "- reference: none"]
         for p in b["processes"]:
             seeds = "" if len(b["processes"]) == 1 else f" (seed {', '.join(p['runs']) or '?'})"
