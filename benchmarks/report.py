@@ -120,12 +120,17 @@ def mean_std(values, spread: bool = True) -> str:
     return text + (f" ({len(measured)} of {len(values)} measured)" if len(measured) < len(values) else "")
 
 
+def goals(reference: dict) -> list:
+    """The reference's goals: "within" one std of its mean and/or ">= N", written joined by commas."""
+    return [goal.strip() for goal in reference["goal"].split(",")]
+
+
 def verdict(reference: dict | None, mean: float) -> str:
-    """Each goal of the reference ("within" one std of its mean, or ">= N"; several joined by commas) judged."""
+    """Each goal of the reference judged, joined by semicolons."""
     if not reference or np.isnan(mean):
         return ""
     verdicts = []
-    for goal in (g.strip() for g in reference["goal"].split(",")):
+    for goal in goals(reference):
         if goal == "within":
             ok = abs(mean - reference["mean"]) <= reference["std"]
             verdicts.append("within 1 std" if ok else
@@ -214,8 +219,7 @@ def report(baselines: list, plots_dir: str, out_path: str) -> str:
                     f"- last {LAST_EPISODES} episodes per seed: "
                     + ", ".join(f"seed {seed} {x:.1f}" for seed, x in zip(runs, metric)),
                     f"- reference: {ref['source']}, {ref['mean']} ± {ref['std']}; goal: "
-                    + " and ".join("within one reference std" if g.strip() == "within" else g.strip()
-                                  for g in ref["goal"].split(",")) if ref else
+                    + " and ".join("within one reference std" if g == "within" else g for g in goals(ref)) if ref else
                     "- reference: none"]
         for p in b["processes"]:
             seeds = "" if len(b["processes"]) == 1 else f" (seed {', '.join(p['runs']) or '?'})"
