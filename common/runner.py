@@ -300,6 +300,35 @@ def finite_runs(params):
     return jnp.all(jnp.stack([jnp.isfinite(x).reshape(len(x), -1).all(1) for x in jax.tree.leaves(params)]), 0)
 
 
+def row_metrics(rows: dict, u: int) -> dict:
+    """Row u's metrics, {name: value per run}, NaN where a run has none (no episode ended in the row)."""
+    episodes = rows["episodes"][u]
+    ended = episodes > 0
+    metrics = {k: v[u] for k, v in rows.items() if "/" in k}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        metrics["charts/episodic_return"] = np.where(ended, rows["return_sum"][u] / episodes, np.nan)
+        metrics["charts/episodic_length"] = np.where(ended, rows["length_sum"][u] / episodes, np.nan)
+    metrics["charts/episodes"] = np.where(ended, episodes, np.nan)
+    for k in EXTREMES:  # NaN also where no episode's return was finite
+        metrics[f"charts/episodic_{k}"] = np.where(ended, rows[k][u], np.nan)
+    return metrics
+
+
+def log_row(groups: list, step: int, metrics: dict) -> None:
+    """Log one row: a run with its own logger gets its values; runs sharing one get, per metric, the mean over
+    the runs that have it (one call per logger, however many seeds: with thousands the host loop stays short)."""
+    for logger, runs in groups:
+        if len(runs) == 1:
+            values = {k: v[runs[0]] for k, v in metrics.items() if not np.isnan(v[runs[0]])}
+        else:
+            values = {}
+            for k, v in metrics.items():
+                v = v[runs].astype(np.float64)
+                if not np.isnan(v).all():
+                    values[k] = np.mean(v[~np.isnan(v)])
+        logger.log(step, values)
+
+
 def train_loop(args, exp: Experiment, state, row, max_rows: int, chunk, evaluate) -> np.ndarray:
     """Run the iterations in chunks of about CHUNK_SECONDS, logging every row at global_step = env steps per run,
     evaluating at the first row end at or past every args.eval_every steps and at the end; returns the last
@@ -313,6 +342,10 @@ def train_loop(args, exp: Experiment, state, row, max_rows: int, chunk, evaluate
     completed, saved = None, False  # host copy of (params, norm) after the last good chunk, and its step
     target, iterations, start = 1, 0, time.time()  # iterations per chunk (grown to ~CHUNK_SECONDS), done so far
     host = threading.RLock()  # held while the loop writes; a signal's deadline (common.cli) writes under it too
+    groups = {}  # each distinct logger and the runs it logs (many seeds may share one directory)
+    for i, logger in enumerate(loggers):
+        groups.setdefault(id(logger), (logger, []))[1].append(i)
+    groups = list(groups.values())
 
     def write_what_is_complete():
         with host:
@@ -330,6 +363,7 @@ def train_loop(args, exp: Experiment, state, row, max_rows: int, chunk, evaluate
             began = time.time()
             state, row, rows, done, diverged_at = chunk(state, row, n)
             rows, done, diverged_at = jax.device_get((rows, done, diverged_at))
+            done, diverged_at = int(done), int(diverged_at)  # Python ints: step counts pass 2**31 / 100
             elapsed = time.time() - began
             host.acquire()
             if diverged_at:  # log the rows up to the one that ends with the iteration that diverged, no further
@@ -337,16 +371,7 @@ def train_loop(args, exp: Experiment, state, row, max_rows: int, chunk, evaluate
                 done = min(done, (at - global_step) // row_steps)
             episodes = rows["episodes"]
             for u in range(done):
-                for i, logger in enumerate(loggers):
-                    values = {k: v[u, i] for k, v in rows.items() if "/" in k and not np.isnan(v[u, i])}
-                    if episodes[u, i] > 0:
-                        values["charts/episodic_return"] = rows["return_sum"][u, i] / episodes[u, i]
-                        values["charts/episodic_length"] = rows["length_sum"][u, i] / episodes[u, i]
-                        values["charts/episodes"] = episodes[u, i]
-                        for k in EXTREMES:  # NaN where no episode's return was finite
-                            if not np.isnan(rows[k][u, i]):
-                                values[f"charts/episodic_{k}"] = rows[k][u, i]
-                    logger.log(global_step + (u + 1) * row_steps, values)
+                log_row(groups, global_step + (u + 1) * row_steps, row_metrics(rows, u))
             if diverged_at:
                 bad = ~np.asarray(finite_runs(state.params))
                 seed = f"seed {exp.seeds[int(np.argmax(bad))]}" if bad.any() else "a seed"
@@ -410,7 +435,7 @@ class Progress:
             print(f"step 0/{total:,}  compiling...", flush=True)
 
     def update(self, step: int, sps: int, train_return: float, eval_return: float) -> None:
-        info = f"SPS {sps}  return {train_return:.1f}  eval {eval_return:.1f}"
+        step, info = int(step), f"SPS {sps}  return {train_return:.1f}  eval {eval_return:.1f}"
         if self.bar is not None:
             self.bar.update(self.task, completed=step, info=info)
         elif time.time() - self.last_line >= 15 or step == self.total:

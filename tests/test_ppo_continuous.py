@@ -174,6 +174,7 @@ def test_cli_gymnasium_trains_logs_saves_and_evaluates(tmp_path):
 
 
 def test_cli_brax_smoke_with_video(tmp_path):
+    pytest.importorskip("moviepy")  # in requirements.txt; absent where only the GPU image's packages are
     out = run_script(tmp_path, "ppo_continuous.py", "--env-id", "brax/inverted_pendulum", "--brax-backend",
                      "positional", "--num-envs", "16", "--num-steps", "32", "--num-minibatches", "4",
                      "--update-epochs", "1", "--total-timesteps", "2048", "--eval-every", "1024",
@@ -195,6 +196,7 @@ def test_cli_brax_smoke_with_video(tmp_path):
 
 
 def test_cli_capture_video_and_offline_wandb(tmp_path):
+    pytest.importorskip("moviepy"), pytest.importorskip("wandb")
     env = {**os.environ, "WANDB_MODE": "offline", "MUJOCO_GL": "egl"}
     out = run_script(tmp_path, "ppo_continuous.py", "--env-id", "Hopper-v4", "--num-steps", "256",
                      "--num-minibatches", "4", "--update-epochs", "1", "--total-timesteps", "512", "--eval-every",

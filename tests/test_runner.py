@@ -19,7 +19,7 @@ def args(**kw):
                                  wandb_project_name="p", wandb_entity=None, **kw)
 
 
-def rows(run_dir):
+def rows_of(run_dir):
     return [(int(r["global_step"]), r["metric"], float(r["value"])) for r in read_metrics(run_dir)]
 
 
@@ -45,10 +45,10 @@ def test_many_runs_share_one_directory_per_experiment_and_log_means(tmp_path, mo
     for logger in loggers:
         logger.close()
     mean = np.mean(np.arange(n))
-    assert rows(run_dirs[0]) == [(10, "losses/x", mean + 10), (10, "charts/episodic_return", 5.0),
+    assert rows_of(run_dirs[0]) == [(10, "losses/x", mean + 10), (10, "charts/episodic_return", 5.0),
                                  (10, "charts/SPS", 100.0), (20, "losses/x", mean + 20),
                                  (20, "charts/episodic_return", 5.0), (20, "charts/SPS", 100.0)]
-    assert [r[1] for r in rows(run_dirs[-1])] == ["losses/x", "charts/SPS"] * 2
+    assert [r[1] for r in rows_of(run_dirs[-1])] == ["losses/x", "charts/SPS"] * 2
 
     norm = jax.tree.map(lambda x: jnp.broadcast_to(x, (2 * n,) + x.shape),
                         NormStats(init_stats((1,)), init_stats(())))
@@ -57,6 +57,38 @@ def test_many_runs_share_one_directory_per_experiment_and_log_means(tmp_path, mo
     assert ckpt["params"]["w"] == 2 * n - 1 and ckpt["config"]["seed"] == n
     assert ckpt["norm"]["obs"]["mean"].shape == (1,)
     assert len(list((tmp_path / run_dirs[0]).glob("model_seed*.ckpt"))) == n
+
+
+def test_a_row_logs_each_run_or_the_mean_over_the_runs_that_share_a_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    n = MAX_RUN_DIRS + 3
+    rng = np.random.default_rng(0)
+    episodes = rng.integers(0, 3, n).astype(np.float32)  # some runs ended no episode in this row
+    loss = rng.normal(size=n).astype(np.float32)
+    loss[:2] = np.nan  # not measured in two runs
+    rows = {"losses/x": loss, "episodes": episodes, "return_sum": rng.normal(size=n).astype(np.float32) * 9,
+            "length_sum": episodes * 7, "return_min": np.where(episodes > 0, -1.0, np.nan).astype(np.float32),
+            "return_max": np.where(episodes > 0, 2.0, np.nan).astype(np.float32)}
+    rows = {k: v[None] for k, v in rows.items()}  # one row
+    for exps, seeds in ((["a"] * n, list(range(n))), (["a", "a"], [0, 1])):
+        run_dirs, loggers = open_runs(args(), exps, seeds, [{"seed": s} for s in seeds])
+        groups = [(loggers[0], list(range(len(seeds))))] if len(set(run_dirs)) == 1 else \
+            [(logger, [i]) for i, logger in enumerate(loggers)]
+        runner.log_row(groups, 40, runner.row_metrics({k: v[:, :len(seeds)] for k, v in rows.items()}, 0))
+        for logger in loggers:
+            logger.close()
+        for d, runs in zip(sorted(set(run_dirs), key=run_dirs.index), [g[1] for g in groups]):
+            ended = [i for i in runs if episodes[i] > 0]  # plain reference: what each metric averages
+            want = {}
+            if any(not np.isnan(loss[i]) for i in runs):
+                want["losses/x"] = np.mean([float(loss[i]) for i in runs if not np.isnan(loss[i])])
+            if ended:
+                want["charts/episodic_return"] = np.mean([float(rows["return_sum"][0, i] / episodes[i])
+                                                          for i in ended])
+                want |= {"charts/episodic_length": 7.0, "charts/episodes": np.mean([episodes[i] for i in ended]),
+                         "charts/episodic_return_min": -1.0, "charts/episodic_return_max": 2.0}
+            got = {metric: value for step, metric, value in rows_of(d) if step == 40}
+            assert got.keys() == want.keys() and all(np.isclose(got[k], want[k], rtol=1e-6) for k in want), d
 
 
 def test_donated_chunk_accepts_a_state_that_shares_arrays():
@@ -154,3 +186,10 @@ def test_chunk_names_the_first_iteration_whose_parameters_are_not_finite():
     start = Counter(jnp.float32(2))
     _, _, _, _, diverged_at = jax.jit(runner.make_chunk(iteration, 1, 10))(start, runner.empty_row(iteration, start), 9)
     assert int(diverged_at) == 4  # iterations 1-3 give 3, 4, 5; the 4th gives inf
+
+
+def test_progress_line_counts_past_two_billion_percent_points(capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdout.isatty", lambda: False)
+    progress = runner.Progress(49_807_360)
+    progress.update(np.int32(35_061_760), 400_000, 109.4, 5701.3)  # 100 * step overflows an int32
+    assert "step 35,061,760/49,807,360 (70%)  SPS 400000" in capsys.readouterr().out
