@@ -341,6 +341,7 @@ def train_loop(args, exp: Experiment, state, row, max_rows: int, chunk, evaluate
     eval_returns = np.full(len(loggers), np.nan)
     completed, saved = None, False  # host copy of (params, norm) after the last good chunk, and its step
     target, iterations, start = 1, 0, time.time()  # iterations per chunk (grown to ~CHUNK_SECONDS), done so far
+    first_chunk = float("nan")
     host = threading.RLock()  # held while the loop writes; a signal's deadline (common.cli) writes under it too
     groups = {}  # each distinct logger and the runs it logs (many seeds may share one directory)
     for i, logger in enumerate(loggers):
@@ -365,6 +366,7 @@ def train_loop(args, exp: Experiment, state, row, max_rows: int, chunk, evaluate
             rows, done, diverged_at = jax.device_get((rows, done, diverged_at))
             done, diverged_at = int(done), int(diverged_at)  # Python ints: step counts pass 2**31 / 100
             elapsed = time.time() - began
+            first_chunk = elapsed if iterations == 0 else first_chunk  # one iteration, and the compile
             host.acquire()
             if diverged_at:  # log the rows up to the one that ends with the iteration that diverged, no further
                 at = (iterations + diverged_at) * step_size
@@ -413,8 +415,9 @@ def train_loop(args, exp: Experiment, state, row, max_rows: int, chunk, evaluate
         TRAINING.clear()
     if global_step < total:  # stopped by a signal
         raise KeyboardInterrupt
-    print(f"done: {global_step} steps per run in {time.time() - start:.1f}s, final eval return "
-          f"{np.mean(eval_returns):.2f} (runs in {os.path.dirname(exp.run_dirs[0])}/)")
+    print(f"done: {global_step} steps per run in {time.time() - start:.1f}s (the first iteration, with the "
+          f"compile, {first_chunk:.1f}s), final eval return {np.mean(eval_returns):.2f} "
+          f"(runs in {os.path.dirname(exp.run_dirs[0])}/)")
     return eval_returns
 
 

@@ -1,5 +1,6 @@
 import csv
 import os
+import re
 import types
 
 import jax
@@ -83,6 +84,10 @@ def test_cli_gymnasium_cartpole_smoke(tmp_path):
     rows = read_metrics(run_dir)
     assert {"charts/episodic_return", "losses/entropy", "eval/episodic_return"} <= {r["metric"] for r in rows}
     assert (run_dir / "model.ckpt").exists()
+    # where the time went: the whole loop, and the first iteration that also compiled the training program
+    loop, first = map(float, re.search(r"done: 2048 steps per run in ([\d.]+)s \(the first iteration, with the "
+                                       r"compile, ([\d.]+)s\)", out.stdout).groups())
+    assert 0 < first <= loop
 
 
 def test_cli_gymnax_minatar_smoke(tmp_path):
