@@ -71,6 +71,28 @@ def jit_chunk(chunk, donate: bool | None = None):
     return lambda state, *rest: compiled(unalias(state), *rest)
 
 
+def compile_aside(jitted, *args):
+    """Compile `jitted` for arguments shaped like `args` on a host thread while the caller goes on (the
+    evaluation program compiles while training runs); the returned function waits for it, then calls it."""
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), args)
+    done = {}
+
+    def work():
+        try:
+            done["compiled"] = jitted.lower(*shapes).compile()
+        except Exception:  # the plain jitted call then compiles (and reports any real error) itself
+            done["compiled"] = jitted
+
+    thread = threading.Thread(target=work, daemon=True)  # never holds up an exit
+    thread.start()
+
+    def call(*call_args):
+        thread.join()
+        return done["compiled"](*call_args)
+
+    return call
+
+
 def spread_runs(args, state, num_runs: int):
     """Split the leading runs axis of `state` evenly over the devices (every CPU core, or several GPUs); jit
     follows the placement. Envs stepped on the host (Gymnasium callbacks) and video stay on one device."""
@@ -270,6 +292,7 @@ def train_or_evaluate(args, exp: Experiment, ckpt, init, iteration, evaluate, *i
             for logger in exp.loggers:
                 logger.close()
             return
+        evaluate = compile_aside(evaluate, state.params, state.env_state.norm, eval_keys(exp.seeds, 0))
         returns = train_loop(args, exp, state, empty_row(iteration, state), max_rows, chunk, evaluate)
     finally:
         exp.env.close()
@@ -277,10 +300,13 @@ def train_or_evaluate(args, exp: Experiment, ckpt, init, iteration, evaluate, *i
     summarise(exp.settings, args.num_seeds, returns, exp.run_dirs[0] + "_summary.csv")
 
 
+def eval_keys(seeds, step: int) -> jax.Array:
+    return jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds) + 10_000 + step)  # fresh keys per evaluation
+
+
 def evaluate_runs(evaluate, state, seeds, step: int, loggers) -> np.ndarray:
     """Evaluate every run (fresh keys per evaluation), log eval/episodic_return; mean return per run."""
-    keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds) + 10_000 + step)
-    returns = np.asarray(evaluate(state.params, state.env_state.norm, keys))
+    returns = np.asarray(evaluate(state.params, state.env_state.norm, eval_keys(seeds, step)))
     for logger, r in zip(loggers, returns):
         logger.log(step, {"eval/episodic_return": r.mean(), "eval/episodic_return_std": r.std()})
     return returns.mean(axis=1)

@@ -193,3 +193,18 @@ def test_progress_line_counts_past_two_billion_percent_points(capsys, monkeypatc
     progress = runner.Progress(49_807_360)
     progress.update(np.int32(35_061_760), 400_000, 109.4, 5701.3)  # 100 * step overflows an int32
     assert "step 35,061,760/49,807,360 (70%)  SPS 400000" in capsys.readouterr().out
+
+
+def test_compile_aside_compiles_once_on_a_thread_and_falls_back_to_the_plain_call():
+    traced = []
+
+    def double(x):
+        traced.append(1)
+        return 2 * x
+
+    call = runner.compile_aside(jax.jit(double), jnp.ones(3))
+    np.testing.assert_array_equal(call(jnp.arange(3.0)), [0.0, 2.0, 4.0])
+    np.testing.assert_array_equal(call(jnp.ones(3)), [2.0, 2.0, 2.0])
+    assert traced == [1]  # compiled ahead for these shapes, never traced again
+    fallback = runner.compile_aside(lambda x: x + 1, jnp.ones(2))  # nothing to lower: called as it is
+    np.testing.assert_array_equal(fallback(jnp.zeros(2)), [1.0, 1.0])
