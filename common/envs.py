@@ -274,9 +274,23 @@ def _gym_env(env_id: str, num_envs: int, num_copies: int, max_steps: int | None,
     return reset, step, spec, venv.close
 
 
+def import_mujoco() -> None:
+    """Import MuJoCo (Brax and Gymnasium's MuJoCo envs need it): it loads the GL backend that MUJOCO_GL names
+    even when nothing renders, and one that cannot load becomes one error line."""
+    try:
+        import mujoco  # noqa: F401
+    except (ImportError, AttributeError, OSError, RuntimeError) as err:
+        if not os.environ.get("MUJOCO_GL"):
+            raise
+        raise UsageError(f"MuJoCo could not load the GL backend MUJOCO_GL={os.environ['MUJOCO_GL']} names "
+                         f"({type(err).__name__}: {err}); install its libraries (for egl: libegl1) or, unless "
+                         f"you capture video, set MUJOCO_GL=disable") from None
+
+
 def check_env_id(env_id: str) -> None:
     """Fail fast, before anything is built, on ids no backend knows."""
     if env_id.startswith("brax/"):
+        import_mujoco()
         from brax import envs as brax_envs
         name, known = env_id[5:], sorted(brax_envs._envs)
         if name not in known:
@@ -291,6 +305,8 @@ def check_env_id(env_id: str) -> None:
         if env_id not in gym.registry:
             hint = suggest(env_id, gym.registry.keys()) or " (Brax envs are named brax/NAME, e.g. brax/ant)"
             raise UsageError(f"unknown env id '{env_id}'{hint}; pick a registered Gymnasium id")
+        if "mujoco" in str(gym.registry[env_id].entry_point):
+            import_mujoco()
 
 
 def make_env(env_id: str, num_envs: int, *, num_copies: int = 1, max_episode_steps: int | None = None,

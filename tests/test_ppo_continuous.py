@@ -90,6 +90,15 @@ def test_bad_input_exits_2_with_one_line(monkeypatch, capsys, tmp_path, argv, me
     assert not os.path.exists(tmp_path / "runs")  # nothing trained or logged
 
 
+@pytest.mark.parametrize("env_id", ["brax/inverted_pendulum", "Hopper-v4"])
+def test_a_gl_backend_that_cannot_load_is_one_error_line(tmp_path, env_id):
+    # MuJoCo loads the backend MUJOCO_GL names at import, rendering or not (EGL without libEGL fails there too)
+    out = run_script(tmp_path, "ppo_continuous.py", "--env-id", env_id, env={**os.environ, "MUJOCO_GL": "bogus"})
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.count("error: ") == 1 and "MUJOCO_GL=bogus" in out.stderr and "MUJOCO_GL=disable" in out.stderr
+    assert not os.path.exists(tmp_path / "runs")
+
+
 def test_existing_run_dir_is_not_overwritten(monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(time, "time", lambda: 1234.0)
