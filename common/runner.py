@@ -74,7 +74,8 @@ def jit_chunk(chunk, donate: bool | None = None):
 def compile_aside(jitted, *args):
     """Compile `jitted` for arguments shaped like `args` on a host thread while the caller goes on (the
     evaluation program compiles while training runs); the returned function waits for it, then calls it."""
-    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), args)
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,  # placed as x is, if x was placed
+                                                         sharding=x.sharding if x.committed else None), args)
     done = {}
 
     def work():

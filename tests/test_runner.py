@@ -1,3 +1,6 @@
+import os
+import subprocess
+import sys
 import types
 from typing import NamedTuple
 
@@ -12,6 +15,8 @@ from common.cli import UsageError
 from common.envs import EpisodeStats, NormStats, init_stats
 from common.logger import MAX_RUN_DIRS, load_checkpoint, open_runs
 from conftest import read_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def args(**kw):
@@ -195,16 +200,32 @@ def test_progress_line_counts_past_two_billion_percent_points(capsys, monkeypatc
     assert "step 35,061,760/49,807,360 (70%)  SPS 400000" in capsys.readouterr().out
 
 
-def test_compile_aside_compiles_once_on_a_thread_and_falls_back_to_the_plain_call():
-    traced = []
-
-    def double(x):
-        traced.append(1)
-        return 2 * x
-
-    call = runner.compile_aside(jax.jit(double), jnp.ones(3))
-    np.testing.assert_array_equal(call(jnp.arange(3.0)), [0.0, 2.0, 4.0])
-    np.testing.assert_array_equal(call(jnp.ones(3)), [2.0, 2.0, 2.0])
-    assert traced == [1]  # compiled ahead for these shapes, never traced again
-    fallback = runner.compile_aside(lambda x: x + 1, jnp.ones(2))  # nothing to lower: called as it is
-    np.testing.assert_array_equal(fallback(jnp.zeros(2)), [1.0, 1.0])
+def test_compile_aside_compiles_on_its_thread_for_runs_split_over_devices():
+    # as in training: parameters split over two CPU devices, evaluation keys made unplaced; the program must
+    # compile ahead on the helper thread (not fall back to compiling at the first call)
+    code = """
+import logging, jax, jax.numpy as jnp, numpy as np
+jax.config.update("jax_num_cpu_devices", 2)
+jax.config.update("jax_log_compiles", True)
+from common import runner
+compiled_on = []  # for each compile of f: on the main thread?
+class Spy(logging.Handler):
+    def emit(self, record):
+        if "Finished XLA compilation of jit(f)" in record.getMessage():
+            compiled_on.append(record.threadName == "MainThread")
+logging.getLogger("jax").addHandler(Spy())
+mesh = jax.sharding.Mesh(np.array(jax.devices()), ("runs",))
+params = jax.device_put(jnp.arange(4.0).reshape(2, 2), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("runs")))
+keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(2))
+def f(p, k):
+    return p.sum(1) + k[:, 0]
+call = runner.compile_aside(jax.jit(f), params, keys)
+out = call(params, jax.vmap(jax.random.PRNGKey)(jnp.arange(2)))
+assert compiled_on == [False], compiled_on
+np.testing.assert_allclose(out, [1.0, 5.0])  # PRNGKey(s)[0] is 0 for small s
+fallback = runner.compile_aside(lambda x: x + 1, jnp.ones(2))  # nothing to lower: called as it is
+np.testing.assert_array_equal(fallback(jnp.zeros(2)), [1.0, 1.0])
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
