@@ -280,7 +280,7 @@ def import_mujoco() -> None:
     try:
         import mujoco  # noqa: F401
     except (ImportError, AttributeError, OSError, RuntimeError) as err:
-        if not os.environ.get("MUJOCO_GL"):
+        if not os.environ.get("MUJOCO_GL") or getattr(err, "name", None) == "mujoco":  # not a GL problem
             raise
         raise UsageError(f"MuJoCo could not load the GL backend MUJOCO_GL={os.environ['MUJOCO_GL']} names "
                          f"({type(err).__name__}: {err}); install its libraries (for egl: libegl1) or, unless "

@@ -73,23 +73,35 @@ def jit_chunk(chunk, donate: bool | None = None):
 
 def compile_aside(jitted, *args):
     """Compile `jitted` for arguments shaped like `args` on a host thread while the caller goes on (the
-    evaluation program compiles while training runs); the returned function waits for it, then calls it."""
-    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,  # placed as x is, if x was placed
-                                                         sharding=x.sharding if x.committed else None), args)
-    done = {}
+    evaluation program compiles while training runs); the returned function waits for it, then calls it.
+    Whatever goes wrong ahead (arguments placed otherwise at the call, say), the plain jitted call serves."""
+    done = {"compiled": jitted}
+    try:  # shapes and placements now: the arrays themselves may be donated to training by the time it lowers
+        shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,  # placed as x is, if x was placed
+                                                             sharding=x.sharding if x.committed else None), args)
+    except (AttributeError, TypeError, ValueError):
+        return jitted
 
     def work():
         try:
             done["compiled"] = jitted.lower(*shapes).compile()
         except Exception:  # the plain jitted call then compiles (and reports any real error) itself
-            done["compiled"] = jitted
+            pass
 
-    thread = threading.Thread(target=work, daemon=True)  # never holds up an exit
+    # not a daemon: an exit (an error, a divergence) waits for the compile rather than tearing XLA down under
+    # it; a signal quits at once through os._exit (common.cli)
+    thread = threading.Thread(target=work)
     thread.start()
 
     def call(*call_args):
         thread.join()
-        return done["compiled"](*call_args)
+        try:
+            return done["compiled"](*call_args)
+        except (TypeError, ValueError):  # placed or shaped otherwise than foreseen: compile for these
+            if done["compiled"] is jitted:
+                raise
+            done["compiled"] = jitted
+            return jitted(*call_args)
 
     return call
 
@@ -327,8 +339,16 @@ def finite_runs(params):
     return jnp.all(jnp.stack([jnp.isfinite(x).reshape(len(x), -1).all(1) for x in jax.tree.leaves(params)]), 0)
 
 
+def logger_groups(loggers: list) -> list:
+    """[(logger, [run index, ...])] per distinct logger, in order (beyond MAX_RUN_DIRS seeds share one)."""
+    groups = {}
+    for i, logger in enumerate(loggers):
+        groups.setdefault(id(logger), (logger, []))[1].append(i)
+    return list(groups.values())
+
+
 def row_metrics(rows: dict, u: int) -> dict:
-    """Row u's metrics, {name: value per run}, NaN where a run has none (no episode ended in the row)."""
+    """Row u's metrics, {name: value per run}, NaN where a run has none (not measured, or no episode ended)."""
     episodes = rows["episodes"][u]
     ended = episodes > 0
     metrics = {k: v[u] for k, v in rows.items() if "/" in k}
@@ -370,10 +390,7 @@ def train_loop(args, exp: Experiment, state, row, max_rows: int, chunk, evaluate
     target, iterations, start = 1, 0, time.time()  # iterations per chunk (grown to ~CHUNK_SECONDS), done so far
     first_chunk = float("nan")
     host = threading.RLock()  # held while the loop writes; a signal's deadline (common.cli) writes under it too
-    groups = {}  # each distinct logger and the runs it logs (many seeds may share one directory)
-    for i, logger in enumerate(loggers):
-        groups.setdefault(id(logger), (logger, []))[1].append(i)
-    groups = list(groups.values())
+    groups = logger_groups(loggers)
 
     def write_what_is_complete():
         with host:

@@ -42,7 +42,7 @@ def test_many_runs_share_one_directory_per_experiment_and_log_means(tmp_path, mo
     exps, seeds = ["lr=1"] * n + ["lr=2"] * n, list(range(1, n + 1)) * 2
     run_dirs, loggers = open_runs(args(), exps, seeds, [{"seed": s} for s in seeds])
     assert len(set(run_dirs)) == 2 and run_dirs[0].split("__")[2] == f"seeds1-{n}"
-    for step in (10, 20):  # as the host loop does: every run in turn, then SPS at the same step
+    for step in (10, 20):  # as evaluations and SPS are logged: every run in turn, at the same step
         for i, logger in enumerate(loggers):
             logger.log(step, {"losses/x": i % n + step, **({"charts/episodic_return": 5.0} if i == 0 else {})})
         for logger in loggers:
@@ -64,36 +64,53 @@ def test_many_runs_share_one_directory_per_experiment_and_log_means(tmp_path, mo
     assert len(list((tmp_path / run_dirs[0]).glob("model_seed*.ckpt"))) == n
 
 
-def test_a_row_logs_each_run_or_the_mean_over_the_runs_that_share_a_directory(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    n = MAX_RUN_DIRS + 3
-    rng = np.random.default_rng(0)
-    episodes = rng.integers(0, 3, n).astype(np.float32)  # some runs ended no episode in this row
-    loss = rng.normal(size=n).astype(np.float32)
-    loss[:2] = np.nan  # not measured in two runs
-    rows = {"losses/x": loss, "episodes": episodes, "return_sum": rng.normal(size=n).astype(np.float32) * 9,
-            "length_sum": episodes * 7, "return_min": np.where(episodes > 0, -1.0, np.nan).astype(np.float32),
-            "return_max": np.where(episodes > 0, 2.0, np.nan).astype(np.float32)}
-    rows = {k: v[None] for k, v in rows.items()}  # one row
-    for exps, seeds in ((["a"] * n, list(range(n))), (["a", "a"], [0, 1])):
-        run_dirs, loggers = open_runs(args(), exps, seeds, [{"seed": s} for s in seeds])
-        groups = [(loggers[0], list(range(len(seeds))))] if len(set(run_dirs)) == 1 else \
-            [(logger, [i]) for i, logger in enumerate(loggers)]
-        runner.log_row(groups, 40, runner.row_metrics({k: v[:, :len(seeds)] for k, v in rows.items()}, 0))
+def log_rows_one_run_at_a_time(loggers, rows, steps):
+    """The host loop as it was before rows were logged with numpy: the reference for log_row."""
+    episodes = rows["episodes"]
+    for u, step in enumerate(steps):
+        for i, logger in enumerate(loggers):
+            values = {k: v[u, i] for k, v in rows.items() if "/" in k and not np.isnan(v[u, i])}
+            if episodes[u, i] > 0:
+                values["charts/episodic_return"] = rows["return_sum"][u, i] / episodes[u, i]
+                values["charts/episodic_length"] = rows["length_sum"][u, i] / episodes[u, i]
+                values["charts/episodes"] = episodes[u, i]
+                for k in runner.EXTREMES:
+                    if not np.isnan(rows[k][u, i]):
+                        values[f"charts/episodic_{k}"] = rows[k][u, i]
+            logger.log(step, values)
+
+
+@pytest.mark.parametrize("num_runs", [2, MAX_RUN_DIRS + 3])  # a directory each; all sharing one
+def test_rows_log_the_same_values_as_one_run_at_a_time(tmp_path, monkeypatch, num_runs):
+    rng = np.random.default_rng(num_runs)
+    shape = (3, num_runs)  # three rows
+    episodes = rng.integers(0, 3, shape).astype(np.float32)  # some runs end no episode in a row
+    loss = rng.normal(size=shape).astype(np.float32)
+    loss[0, :2] = np.nan  # not measured in two runs
+    low = np.where(episodes > 0, rng.normal(size=shape), np.nan).astype(np.float32)
+    low[1, 0] = np.nan  # an episode ended, but no finite return
+    rows = {"losses/x": loss, "charts/learning_rate": np.full(shape, 3e-4, np.float32), "episodes": episodes,
+            "return_sum": rng.normal(size=shape).astype(np.float32) * 9, "length_sum": episodes * 7,
+            "return_min": low, "return_max": low + 1}
+    steps, logged = [100, 200, 300], []
+    for way in ("reference", "log_row"):
+        (tmp_path / way).mkdir()
+        monkeypatch.chdir(tmp_path / way)
+        seeds = list(range(num_runs))
+        run_dirs, loggers = open_runs(args(), ["a"] * num_runs, seeds, [{"seed": s} for s in seeds])
+        if way == "reference":
+            log_rows_one_run_at_a_time(loggers, rows, steps)
+        else:
+            groups = runner.logger_groups(loggers)
+            assert [g[1] for g in groups] == ([list(range(num_runs))] if num_runs > MAX_RUN_DIRS else
+                                              [[i] for i in range(num_runs)])
+            for u, step in enumerate(steps):
+                runner.log_row(groups, step, runner.row_metrics(rows, u))
         for logger in loggers:
             logger.close()
-        for d, runs in zip(sorted(set(run_dirs), key=run_dirs.index), [g[1] for g in groups]):
-            ended = [i for i in runs if episodes[i] > 0]  # plain reference: what each metric averages
-            want = {}
-            if any(not np.isnan(loss[i]) for i in runs):
-                want["losses/x"] = np.mean([float(loss[i]) for i in runs if not np.isnan(loss[i])])
-            if ended:
-                want["charts/episodic_return"] = np.mean([float(rows["return_sum"][0, i] / episodes[i])
-                                                          for i in ended])
-                want |= {"charts/episodic_length": 7.0, "charts/episodes": np.mean([episodes[i] for i in ended]),
-                         "charts/episodic_return_min": -1.0, "charts/episodic_return_max": 2.0}
-            got = {metric: value for step, metric, value in rows_of(d) if step == 40}
-            assert got.keys() == want.keys() and all(np.isclose(got[k], want[k], rtol=1e-6) for k in want), d
+        logged.append({d.split("__")[2]: sorted(rows_of(d)) for d in run_dirs})
+    assert logged[0] == logged[1]  # the same values to the bit, for every run directory
+    assert any(m == "charts/episodic_return_min" for d in logged[1].values() for _, m, _ in d)
 
 
 def test_donated_chunk_accepts_a_state_that_shares_arrays():
@@ -223,6 +240,8 @@ call = runner.compile_aside(jax.jit(f), params, keys)
 out = call(params, jax.vmap(jax.random.PRNGKey)(jnp.arange(2)))
 assert compiled_on == [False], compiled_on
 np.testing.assert_allclose(out, [1.0, 5.0])  # PRNGKey(s)[0] is 0 for small s
+on_one_device = jax.device_put(params, jax.devices()[0])  # placed otherwise: compiled again, for these
+np.testing.assert_allclose(call(on_one_device, keys), [1.0, 5.0])
 fallback = runner.compile_aside(lambda x: x + 1, jnp.ones(2))  # nothing to lower: called as it is
 np.testing.assert_array_equal(fallback(jnp.zeros(2)), [1.0, 1.0])
 print("ok")
