@@ -365,14 +365,11 @@ def log_row(groups: list, step: int, metrics: dict) -> None:
     """Log one row: a run with its own logger gets its values; runs sharing one get, per metric, the mean over
     the runs that have it (one call per logger, however many seeds: with thousands the host loop stays short)."""
     for logger, runs in groups:
-        if len(runs) == 1:
-            values = {k: v[runs[0]] for k, v in metrics.items() if not np.isnan(v[runs[0]])}
-        else:
-            values = {}
-            for k, v in metrics.items():
-                v = v[runs].astype(np.float64)
-                if not np.isnan(v).all():
-                    values[k] = np.mean(v[~np.isnan(v)])
+        values = {}
+        for k, v in metrics.items():
+            v = v[runs].astype(np.float64)  # a lone run's value as it is
+            if not np.isnan(v).all():
+                values[k] = np.mean(v[~np.isnan(v)])
         logger.log(step, values)
 
 
