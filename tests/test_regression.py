@@ -4,6 +4,7 @@ a change meant to alter them re-records the file (`python tests/test_regression.
 """
 import csv
 import glob
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -14,6 +15,11 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "regression_metrics.json")
+# Recorded with requirements.txt's jax. Another jax brings another XLA, which fuses and rounds differently: under
+# jax 0.11.2 a SAC loss differed by 1.6e-4 after a few updates, so there the comparison is looser.
+with open(os.path.join(ROOT, "requirements.txt")) as f:
+    PINNED_JAX = next(line.split("==")[1].strip() for line in f if line.startswith("jax=="))
+RTOL = 1e-4 if importlib.metadata.version("jax") == PINNED_JAX else 1e-3
 
 PPO = ["--num-envs", "4", "--num-steps", "32", "--num-minibatches", "4", "--update-epochs", "2",
        "--total-timesteps", "384", "--eval-every", "256", "--num-eval-envs", "2", "--eval-max-episode-steps", "40"]
@@ -64,7 +70,7 @@ def test_same_numbers_as_recorded(name, tmp_path):
             # steps equal; values to float32 rounding (a Python constant that became a traced float32 knob
             # rounds differently in the last bit, and a few updates carry that no further than ~1e-5)
             np.testing.assert_array_equal(np.array(got[run_dir][metric])[:, 0], np.array(rows)[:, 0])
-            np.testing.assert_allclose(np.array(got[run_dir][metric])[:, 1], np.array(rows)[:, 1], rtol=1e-4,
+            np.testing.assert_allclose(np.array(got[run_dir][metric])[:, 1], np.array(rows)[:, 1], rtol=RTOL,
                                        atol=1e-6, err_msg=f"{run_dir} {metric}")
 
 
