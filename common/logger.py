@@ -26,7 +26,8 @@ MAX_RUN_DIRS = 64
 
 def open_runs(args, exp_names: list, seeds: list, configs: list) -> tuple:
     """Create (never silently reuse) runs/{env}__{exp}__{seed}__{time} per run and open its logger; beyond
-    MAX_RUN_DIRS runs, runs/{env}__{exp}__seeds{first}-{last}__{time} per experiment name, with a MeanLogger."""
+    MAX_RUN_DIRS runs, runs/{env}__{exp}__seeds{first}-{last}__{time} per experiment name, whose one logger the
+    runs share (the runner logs the mean over them)."""
     stamp, grouped = int(time.time()), len(seeds) > MAX_RUN_DIRS
     labels = list(seeds)
     if grouped:
@@ -43,8 +44,8 @@ def open_runs(args, exp_names: list, seeds: list, configs: list) -> tuple:
                                  f"or change --exp-name")
             shutil.rmtree(d)
         os.makedirs(d)
-        logger = RunLogger(d, n, {**config, "seed": label}, args.track, args.wandb_project_name, args.wandb_entity)
-        by_dir[d] = MeanLogger(logger) if grouped else logger
+        by_dir[d] = RunLogger(d, n, {**config, "seed": label}, args.track, args.wandb_project_name,
+                              args.wandb_entity)
     return run_dirs, [by_dir[d] for d in run_dirs]
 
 
@@ -97,42 +98,12 @@ class RunLogger:
         self.writer.flush()
         self.csv_file.flush()
 
-    def close(self) -> None:
-        self.writer.close()
-        self.csv_file.close()
-        if self.wandb is not None:
-            self.wandb.finish()
-
-
-class MeanLogger:
-    """Stands in for the loggers of many seeds that share one directory: each metric is written as the
-    mean over the seeds that logged it at a step, once the step changes (or on close)."""
-
-    def __init__(self, logger: RunLogger):
-        self.logger, self.step, self.values = logger, None, {}
-
-    def log(self, step: int, metrics: dict) -> None:
-        if step != self.step:
-            self.write_means()
-            self.step = step
-        for key, value in metrics.items():
-            self.values.setdefault(key, []).append(float(value))
-
-    def write_means(self) -> None:
-        if self.values:
-            self.logger.log(self.step, {k: np.mean(v) for k, v in self.values.items()})
-            self.values = {}
-
-    def flush(self) -> None:
-        if self.logger is not None:
-            self.write_means()
-            self.logger.flush()
-
-    def close(self) -> None:  # called once per seed
-        if self.logger is not None:
-            self.write_means()
-            self.logger.close()
-            self.logger = None
+    def close(self) -> None:  # runs that share this logger each close it: the first call does it
+        if not self.csv_file.closed:
+            self.writer.close()
+            self.csv_file.close()
+            if self.wandb is not None:
+                self.wandb.finish()
 
 
 def save_checkpoint(path: str, params, norm, config: dict) -> None:

@@ -300,7 +300,7 @@ def train_or_evaluate(args, exp: Experiment, ckpt, init, iteration, evaluate, *i
         chunk = jit_chunk(make_chunk(iteration, exp.iterations_per_row, max_rows), donate)
         evaluate = jit(evaluate)
         if args.eval_only:
-            returns = evaluate_runs(evaluate, state, exp.seeds, 0, exp.loggers)
+            returns = evaluate_runs(evaluate, state, exp.seeds, 0, logger_groups(exp.loggers))
             print(f"eval/episodic_return {returns.mean():.2f} over {args.num_eval_envs} episodes per seed")
             for logger in exp.loggers:
                 logger.close()
@@ -317,11 +317,11 @@ def eval_keys(seeds, step: int) -> jax.Array:
     return jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds) + 10_000 + step)  # fresh keys per evaluation
 
 
-def evaluate_runs(evaluate, state, seeds, step: int, loggers) -> np.ndarray:
+def evaluate_runs(evaluate, state, seeds, step: int, groups) -> np.ndarray:
     """Evaluate every run (fresh keys per evaluation), log eval/episodic_return; mean return per run."""
     returns = np.asarray(evaluate(state.params, state.env_state.norm, eval_keys(seeds, step)))
-    for logger, r in zip(loggers, returns):
-        logger.log(step, {"eval/episodic_return": r.mean(), "eval/episodic_return_std": r.std()})
+    log_row(groups, step, {"eval/episodic_return": returns.mean(axis=1),
+                           "eval/episodic_return_std": returns.std(axis=1)})
     return returns.mean(axis=1)
 
 
@@ -431,15 +431,15 @@ def train_loop(args, exp: Experiment, state, row, max_rows: int, chunk, evaluate
                 last_return = float(np.mean(rows["return_sum"][done - 1, ended] / episodes[done - 1, ended]))
             global_step += done * row_steps
             sps = int(global_step / (time.time() - start))
-            for logger in loggers if done else []:
+            for logger, _ in groups if done else []:
                 logger.log(global_step, {"charts/SPS": sps})
             if (global_step >= next_eval or global_step == total) and not STOP.is_set():
                 next_eval += args.eval_every * max(1, (global_step - next_eval) // args.eval_every + 1)
-                eval_returns = evaluate_runs(evaluate, state, exp.seeds, global_step, loggers)
+                eval_returns = evaluate_runs(evaluate, state, exp.seeds, global_step, groups)
                 if completed is not None:
                     save_runs(*completed[:2], exp.run_dirs, exp.configs)
                     saved = True
-            for logger in {id(logger): logger for logger in loggers}.values():  # seeds may share one
+            for logger, _ in groups:
                 logger.flush()
             progress.update(global_step, sps, last_return, np.mean(eval_returns))
             host.release()

@@ -42,18 +42,26 @@ def test_many_runs_share_one_directory_per_experiment_and_log_means(tmp_path, mo
     exps, seeds = ["lr=1"] * n + ["lr=2"] * n, list(range(1, n + 1)) * 2
     run_dirs, loggers = open_runs(args(), exps, seeds, [{"seed": s} for s in seeds])
     assert len(set(run_dirs)) == 2 and run_dirs[0].split("__")[2] == f"seeds1-{n}"
-    for step in (10, 20):  # as evaluations and SPS are logged: every run in turn, at the same step
-        for i, logger in enumerate(loggers):
-            logger.log(step, {"losses/x": i % n + step, **({"charts/episodic_return": 5.0} if i == 0 else {})})
-        for logger in loggers:
-            logger.log(step, {"charts/SPS": 100})
-    for logger in loggers:
+    groups = runner.logger_groups(loggers)
+    assert [runs for _, runs in groups] == [list(range(n)), list(range(n, 2 * n))]
+    returns = np.arange(2 * n * 3, dtype=np.float32).reshape(2 * n, 3)  # 3 evaluation episodes per run
+    state = types.SimpleNamespace(params=None, env_state=types.SimpleNamespace(norm=None))
+    for step in (10, 20):
+        only_first = np.where(np.arange(2 * n) == 0, 5.0, np.nan)  # one run ended an episode
+        runner.log_row(groups, step, {"losses/x": np.arange(2 * n) % n + step, "charts/episodic_return": only_first})
+        means = runner.evaluate_runs(lambda params, norm, keys: returns, state, seeds, step, groups)
+    np.testing.assert_array_equal(means, returns.mean(1))
+    for logger in loggers:  # every run closes its logger, shared or not
         logger.close()
     mean = np.mean(np.arange(n))
-    assert rows_of(run_dirs[0]) == [(10, "losses/x", mean + 10), (10, "charts/episodic_return", 5.0),
-                                 (10, "charts/SPS", 100.0), (20, "losses/x", mean + 20),
-                                 (20, "charts/episodic_return", 5.0), (20, "charts/SPS", 100.0)]
-    assert [r[1] for r in rows_of(run_dirs[-1])] == ["losses/x", "charts/SPS"] * 2
+    first, second = returns[:n], returns[n:]  # per run in float32 (as evaluated), averaged over runs in float64
+    assert rows_of(run_dirs[0]) == [
+        (step, metric, value) for step in (10, 20) for metric, value in
+        [("losses/x", mean + step), ("charts/episodic_return", 5.0),
+         ("eval/episodic_return", np.mean(first.mean(1), dtype=np.float64)),
+         ("eval/episodic_return_std", np.mean(first.std(1), dtype=np.float64))]]
+    assert rows_of(run_dirs[-1])[1] == (10, "eval/episodic_return", np.mean(second.mean(1), dtype=np.float64))
+    assert [r[1] for r in rows_of(run_dirs[-1])] == ["losses/x", "eval/episodic_return", "eval/episodic_return_std"] * 2
 
     norm = jax.tree.map(lambda x: jnp.broadcast_to(x, (2 * n,) + x.shape),
                         NormStats(init_stats((1,)), init_stats(())))
@@ -65,9 +73,11 @@ def test_many_runs_share_one_directory_per_experiment_and_log_means(tmp_path, mo
 
 
 def log_rows_one_run_at_a_time(loggers, rows, steps):
-    """The host loop as it was before rows were logged with numpy: the reference for log_row."""
+    """The host loop as it was before rows were logged with numpy, the runs that share a logger averaged per
+    metric over those that have it: the reference for log_row."""
     episodes = rows["episodes"]
     for u, step in enumerate(steps):
+        shared = {}
         for i, logger in enumerate(loggers):
             values = {k: v[u, i] for k, v in rows.items() if "/" in k and not np.isnan(v[u, i])}
             if episodes[u, i] > 0:
@@ -77,7 +87,10 @@ def log_rows_one_run_at_a_time(loggers, rows, steps):
                 for k in runner.EXTREMES:
                     if not np.isnan(rows[k][u, i]):
                         values[f"charts/episodic_{k}"] = rows[k][u, i]
-            logger.log(step, values)
+            for k, v in values.items():
+                shared.setdefault(id(logger), (logger, {}))[1].setdefault(k, []).append(float(v))
+        for logger, values in shared.values():
+            logger.log(step, {k: np.mean(v) for k, v in values.items()})
 
 
 @pytest.mark.parametrize("num_runs", [2, MAX_RUN_DIRS + 3])  # a directory each; all sharing one
