@@ -8,6 +8,7 @@ Both work inside `jax.lax.scan` and `jax.vmap`. Envs reset themselves when an ep
 the true last observation of the finished episode (else it equals `obs`), and `episode` carries the raw return
 and length of episodes that finished on this step. Ids: Gymnasium's (`Hopper-v4`), `brax/NAME`, `gymnax/NAME`.
 """
+import contextlib
 import os
 from typing import Any, Callable, NamedTuple
 
@@ -135,7 +136,16 @@ def _brax_env(name: str, num_envs: int, max_steps: int, backend: str, true_reset
               video_dir: str | None, num_copies: int):
     from brax import envs as brax_envs
 
-    env = brax_envs.get_environment(name, backend=backend)
+    # Building the env runs ~190 small eager operations (the model's arrays, a reset that sizes the observation).
+    # On a GPU each would compile a kernel of its own; on the host's CPU they compile in milliseconds, and the
+    # arrays are constants of the compiled programs wherever they were made.
+    try:
+        host = jax.default_device(jax.devices("cpu")[0])
+    except RuntimeError:  # JAX_PLATFORMS without cpu
+        host = contextlib.nullcontext()
+    with host:
+        env = brax_envs.get_environment(name, backend=backend)
+        obs_size, act_size = env.observation_size, env.action_size
     record = _brax_recorder(env, video_dir, num_copies, max_steps) if video_dir else None
 
     def reset(key):
@@ -161,8 +171,8 @@ def _brax_env(name: str, num_envs: int, max_steps: int, backend: str, true_reset
         s = _where(done, fresh, s)
         return (s, jnp.where(done, 0, steps), key, first), s.obs, reward, terminated, truncated, final_obs
 
-    spec = EnvSpec(f"brax/{name}", (env.observation_size,), False, env.action_size,
-                   -np.ones(env.action_size, np.float32), np.ones(env.action_size, np.float32), max_steps)
+    spec = EnvSpec(f"brax/{name}", (obs_size,), False, act_size, -np.ones(act_size, np.float32),
+                   np.ones(act_size, np.float32), max_steps)
     return reset, step, spec, lambda: None
 
 
