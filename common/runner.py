@@ -180,9 +180,17 @@ def make_chunk(iteration, iterations_per_row: int, max_rows: int):
         rows = jax.tree.map(lambda x: jnp.zeros((max_rows, *x.shape), jnp.float32), row.sums)
         _, state, row, rows, done, diverged_at = jax.lax.while_loop(lambda c: c[0] < n, body,
                                                                     (0, state, row, rows, 0, 0))
-        return state, row, rows, done, diverged_at
+        return strong_types(state), row, rows, done, diverged_at
 
     return chunk
+
+
+def strong_types(tree):
+    """`tree` with weakly typed leaves made strong. Envs start or step some from Python scalars (gymnax's
+    Pendulum, Brax's rewards); a chunk's state must go back in with the types it came out with, or the next
+    chunk compiles the training program again."""
+    return jax.tree.map(lambda x: jax.lax.convert_element_type(x, x.dtype) if getattr(x, "weak_type", False)
+                        else x, tree)
 
 
 def empty_row(iteration, state) -> Row:
@@ -294,7 +302,7 @@ def train_or_evaluate(args, exp: Experiment, ckpt, init, iteration, evaluate, *i
                 for run_dir in set(exp.run_dirs):
                     shutil.rmtree(run_dir, ignore_errors=True)
                 raise
-        state = spread_runs(args, jit(init)(keys, *init_args, params, norm), len(exp.seeds))
+        state = spread_runs(args, jit(lambda *a: strong_types(init(*a)))(keys, *init_args, params, norm), len(exp.seeds))
         max_rows = min(exp.num_rows, 256,
                        max(1, -(-args.eval_every // (exp.steps_per_iteration * exp.iterations_per_row))))
         chunk = jit_chunk(make_chunk(iteration, exp.iterations_per_row, max_rows), donate)
@@ -306,7 +314,8 @@ def train_or_evaluate(args, exp: Experiment, ckpt, init, iteration, evaluate, *i
                 logger.close()
             return
         evaluate = compile_aside(evaluate, state.params, state.env_state.norm, eval_keys(exp.seeds, 0))
-        returns = train_loop(args, exp, state, empty_row(iteration, state), max_rows, chunk, evaluate)
+        row = spread_runs(args, empty_row(iteration, state), len(exp.seeds))  # placed as the chunks return it
+        returns = train_loop(args, exp, state, row, max_rows, chunk, evaluate)
     finally:
         exp.env.close()
         exp.eval_env.close()

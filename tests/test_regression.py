@@ -45,8 +45,11 @@ def run(name, tmp_path):
     # recorded on a CPU, compared on one: a GPU's kernels round differently
     out = subprocess.run([sys.executable, os.path.join(ROOT, RUNS[name][0]), "--exp-name", "regression",
                           *RUNS[name][1:]], cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
+                         env={**os.environ, "JAX_PLATFORMS": "cpu", "JAX_LOG_COMPILES": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
+    # the training program compiles once: every chunk's state and row go back in as the chunk returned them
+    # (placement over devices, weak types), else the second chunk compiles it again
+    assert out.stderr.count("Compiling jit(chunk)") == 1, "the training program was compiled more than once"
     metrics = {}
     for path in sorted(glob.glob(os.path.join(tmp_path, "runs", "*", "metrics.csv"))):
         run_dir = os.path.basename(os.path.dirname(path)).rsplit("__", 1)[0]
