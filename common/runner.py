@@ -302,7 +302,10 @@ def train_or_evaluate(args, exp: Experiment, ckpt, init, iteration, evaluate, *i
                 for run_dir in set(exp.run_dirs):
                     shutil.rmtree(run_dir, ignore_errors=True)
                 raise
-        state = spread_runs(args, jit(lambda *a: strong_types(init(*a)))(keys, *init_args, params, norm), len(exp.seeds))
+        def init_runs(*a):  # strongly typed, as every chunk returns the state
+            return strong_types(init(*a))
+
+        state = spread_runs(args, jit(init_runs)(keys, *init_args, params, norm), len(exp.seeds))
         max_rows = min(exp.num_rows, 256,
                        max(1, -(-args.eval_every // (exp.steps_per_iteration * exp.iterations_per_row))))
         chunk = jit_chunk(make_chunk(iteration, exp.iterations_per_row, max_rows), donate)
@@ -329,9 +332,11 @@ def eval_keys(seeds, step: int) -> jax.Array:
 def evaluate_runs(evaluate, state, seeds, step: int, groups) -> np.ndarray:
     """Evaluate every run (fresh keys per evaluation), log eval/episodic_return; mean return per run."""
     returns = np.asarray(evaluate(state.params, state.env_state.norm, eval_keys(seeds, step)))
-    log_row(groups, step, {"eval/episodic_return": returns.mean(axis=1),
-                           "eval/episodic_return_std": returns.std(axis=1)})
-    return returns.mean(axis=1)
+    means, stds = returns.mean(axis=1), returns.std(axis=1)
+    for logger, runs in groups:  # the mean over runs sharing a logger; a NaN stays (log_row would drop it)
+        logger.log(step, {"eval/episodic_return": means[runs].mean(dtype=np.float64),
+                          "eval/episodic_return_std": stds[runs].mean(dtype=np.float64)})
+    return means
 
 
 def save_runs(params, norm, run_dirs, configs) -> None:

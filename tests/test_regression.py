@@ -49,7 +49,8 @@ def run(name, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     # the training program compiles once: every chunk's state and row go back in as the chunk returned them
     # (placement over devices, weak types), else the second chunk compiles it again
-    assert out.stderr.count("Compiling jit(chunk)") == 1, "the training program was compiled more than once"
+    compiles = out.stderr.count("Compiling jit(chunk)")
+    assert compiles == 1, f"the training program was compiled {compiles} times"
     metrics = {}
     for path in sorted(glob.glob(os.path.join(tmp_path, "runs", "*", "metrics.csv"))):
         run_dir = os.path.basename(os.path.dirname(path)).rsplit("__", 1)[0]
