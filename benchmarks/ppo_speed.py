@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common.cli import parse_args  # noqa: E402
 from common.envs import make_env  # noqa: E402
-from common.runner import empty_row, jit_chunk, make_chunk, setup_jax, strong_types  # noqa: E402
+from common.runner import empty_row, jit_chunk, make_chunk, setup_jax  # noqa: E402
 from ppo_continuous import SWEEPABLE, Args, make_train  # noqa: E402
 
 PRESET = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -48,7 +48,7 @@ def ppo_rates(env_id, num_envs, updates):
     eval_env = make_env(args.env_id, 1, normalize_obs=True, freeze_stats=True)
     init, iteration, _ = make_train(args, env, eval_env)
     hp = {k: jax.numpy.full(1, getattr(args, k), jax.numpy.float32) for k in SWEEPABLE}
-    state = strong_types(jax.vmap(init, in_axes=(0, 0, None, None))(jax.random.PRNGKey(0)[None], hp, None, None))
+    state = jax.vmap(init, in_axes=(0, 0, None, None))(jax.random.PRNGKey(0)[None], hp, None, None)
     batch = args.num_envs * args.num_steps
 
     # nearly the rollout alone: the same scan with one full-batch gradient step instead of 320 minibatch steps

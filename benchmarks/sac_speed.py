@@ -20,7 +20,7 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common.cli import parse_args  # noqa: E402
 from common.envs import Env, EpisodeStats, make_env  # noqa: E402
-from common.runner import empty_row, jit, jit_chunk, make_chunk, setup_jax, strong_types  # noqa: E402
+from common.runner import empty_row, jit, jit_chunk, make_chunk, setup_jax  # noqa: E402
 from sac import Args, make_train, vmap_runs  # noqa: E402
 
 PRESET = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
@@ -43,7 +43,7 @@ def zero_env(real: Env) -> Env:
 def steps_per_second(args, env, steps_per_chunk, chunks):
     init, iteration, _ = make_train(args, env, env)
     init, iteration = vmap_runs(init, iteration)  # the scripts' compiled loop (common.runner), as in sac.py
-    state = strong_types(jit(init)(jax.random.PRNGKey(0)[None], None, None))  # as the chunks return it
+    state = jit(init)(jax.random.PRNGKey(0)[None], None, None)
     chunk, row = jit_chunk(make_chunk(iteration, steps_per_chunk, 1), donate=True), empty_row(iteration, state)
     start = time.perf_counter()
     state, row, *_ = chunk(state, row, steps_per_chunk)

@@ -59,16 +59,16 @@ def jit(fn, **kwargs):
 
 
 def jit_chunk(chunk, donate: bool | None = None):
-    """Compile `chunk(state, *rest)`; donated (by default on accelerators), its state is updated in place."""
-    if not (jax.default_backend() != "cpu" if donate is None else donate):
-        return jit(chunk)
-    compiled = jit(chunk, donate_argnums=(0,))
+    """Compile `chunk(state, *rest)`; donated (by default on accelerators), its state is updated in place. The
+    state goes in strongly typed, as every chunk returns it, so the first chunk's program serves the rest."""
+    donate = jax.default_backend() != "cpu" if donate is None else donate
+    compiled = jit(chunk, donate_argnums=(0,) if donate else ())
 
     def unalias(state):  # XLA refuses to donate one array twice; Brax states share arrays (e.g. obs)
         seen = set()
         return jax.tree.map(lambda x: jnp.copy(x) if id(x) in seen else (seen.add(id(x)), x)[1], state)
 
-    return lambda state, *rest: compiled(unalias(state), *rest)
+    return lambda state, *rest: compiled(unalias(strong_types(state)) if donate else strong_types(state), *rest)
 
 
 def compile_aside(jitted, *args):
@@ -187,8 +187,8 @@ def make_chunk(iteration, iterations_per_row: int, max_rows: int):
 
 def strong_types(tree):
     """`tree` with weakly typed leaves made strong. Envs start or step some from Python scalars (gymnax's
-    Pendulum, Brax's rewards); a chunk's state must go back in with the types it came out with, or the next
-    chunk compiles the training program again."""
+    Pendulum, Brax's rewards); a chunk's state that went in with other types than it came out with would
+    compile the training program again."""
     return jax.tree.map(lambda x: jax.lax.convert_element_type(x, x.dtype) if getattr(x, "weak_type", False)
                         else x, tree)
 
@@ -302,10 +302,7 @@ def train_or_evaluate(args, exp: Experiment, ckpt, init, iteration, evaluate, *i
                 for run_dir in set(exp.run_dirs):
                     shutil.rmtree(run_dir, ignore_errors=True)
                 raise
-        def init_runs(*a):  # strongly typed, as every chunk returns the state
-            return strong_types(init(*a))
-
-        state = spread_runs(args, jit(init_runs)(keys, *init_args, params, norm), len(exp.seeds))
+        state = spread_runs(args, jit(init)(keys, *init_args, params, norm), len(exp.seeds))
         max_rows = min(exp.num_rows, 256,
                        max(1, -(-args.eval_every // (exp.steps_per_iteration * exp.iterations_per_row))))
         chunk = jit_chunk(make_chunk(iteration, exp.iterations_per_row, max_rows), donate)
