@@ -68,6 +68,7 @@ class Args:
     bootstrap_truncation: bool = True  # bootstrap at time limits (as CleanRL's SAC; off: a time limit ends the return)
     actor_hidden: tuple[int, ...] = (256, 256)  # actor hidden layer sizes (ReLU)
     critic_hidden: tuple[int, ...] = (256, 256)  # Q-network hidden layer sizes (ReLU)
+    critic_layer_norm: bool = False  # LayerNorm before each hidden ReLU of the Q networks (bounds their growth)
 
     log_every: int = 1000  # log losses and episode statistics every this many env steps
     eval_every: int = 100000  # evaluate every this many env steps (and at the end)
@@ -157,7 +158,8 @@ def make_train(args, env, eval_env):
     def init(key, params=None, norm=None):
         key, k_actor, k_q, k_env = jax.random.split(key, 4)
         if params is None:
-            qf = jax.vmap(lambda k: mlp_init_torch(k, (obs_size + action_dim, *args.critic_hidden, 1)))(
+            qf = jax.vmap(lambda k: mlp_init_torch(k, (obs_size + action_dim, *args.critic_hidden, 1),
+                                                       args.critic_layer_norm))(
                 jax.random.split(k_q))
             params = {"actor": mlp_init_torch(k_actor, (obs_size, *args.actor_hidden, 2 * action_dim)),
                       "qf": qf, "qf_target": qf, "log_alpha": jnp.log(jnp.float32(args.init_alpha))}

@@ -74,6 +74,9 @@ SUITES = {
         # CleanRL's SAC preset is also sac.py's defaults: judged by both goals
         Baseline("sac_hopper_cleanrl", "sac.py", ("--config", "configs/sac_hopper_cleanrl.yaml"),
                  Reference(CLEANRL_SAC, 2310.46, 342.82, "within, >= 3000"), default_seeds=1, seeds_per_process=1),
+        # the same with LayerNorm in the Q networks: a candidate for sac.py's defaults (goal >= 3000)
+        Baseline("sac_hopper_critic_ln", "sac.py", ("--config", "configs/sac_hopper_cleanrl.yaml", "--critic-layer-norm"),
+                 Reference(CLEANRL_SAC, 2310.46, 342.82, ">= 3000"), default_seeds=1, seeds_per_process=1),
         Baseline("sac_halfcheetah_cleanrl", "sac.py", ("--config", "configs/sac_halfcheetah_cleanrl.yaml"),
                  Reference(CLEANRL_SAC, 9634.89, 1423.73, "within"), default_seeds=1, seeds_per_process=1),
     ],

@@ -17,7 +17,7 @@ from common.cli import UsageError
 
 CHECKPOINT_FORMAT = "jax-rl checkpoint 1"
 # flags that shape the network and its inputs: --load-model takes them from the checkpoint
-MODEL_FLAGS = ("env_id", "actor_hidden", "critic_hidden", "activation", "normalize_obs")
+MODEL_FLAGS = ("env_id", "actor_hidden", "critic_hidden", "critic_layer_norm", "activation", "normalize_obs")
 
 
 # More runs than this share one directory per experiment name, logging the mean over their seeds.

@@ -37,19 +37,30 @@ def mlp_init(key: jax.Array, sizes: tuple, out_scale: float, hidden_scale: float
     return layers
 
 
-def mlp_init_torch(key: jax.Array, sizes: tuple) -> list:
-    """PyTorch's nn.Linear default: weights and biases uniform in +-1/sqrt(fan_in) (CleanRL's SAC uses it)."""
+def mlp_init_torch(key: jax.Array, sizes: tuple, layer_norm: bool = False) -> list:
+    """PyTorch's nn.Linear default: weights and biases uniform in +-1/sqrt(fan_in) (CleanRL's SAC uses it).
+    With `layer_norm`, each hidden layer also gets a LayerNorm's scale (ones) and offset (zeros)."""
     layers = []
-    for k, n_in, n_out in zip(jax.random.split(key, len(sizes) - 1), sizes[:-1], sizes[1:]):
+    for i, (k, n_in, n_out) in enumerate(zip(jax.random.split(key, len(sizes) - 1), sizes[:-1], sizes[1:])):
         k_w, k_b = jax.random.split(k)
         bound = 1.0 / np.sqrt(n_in)
         layers.append({"w": jax.random.uniform(k_w, (n_in, n_out), jnp.float32, -bound, bound),
                        "b": jax.random.uniform(k_b, (n_out,), jnp.float32, -bound, bound)})
+        if layer_norm and i < len(sizes) - 2:
+            layers[-1].update(scale=jnp.ones(n_out, jnp.float32), offset=jnp.zeros(n_out, jnp.float32))
     return layers
 
 
+def layer_norm(x: jax.Array, scale: jax.Array, offset: jax.Array, eps: float = 1e-5) -> jax.Array:
+    """Normalise the features of each row to mean 0 and variance 1, then scale and shift (torch's LayerNorm)."""
+    mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + eps) * scale + offset
+
+
 def mlp_apply(layers: list, x: jax.Array, activation: str = "tanh") -> jax.Array:
+    """Hidden layers: linear, LayerNorm where the layer holds its scale and offset, activation."""
     act = ACTIVATIONS[activation]
     for layer in layers[:-1]:
-        x = act(x @ layer["w"] + layer["b"])
+        x = x @ layer["w"] + layer["b"]
+        x = act(layer_norm(x, layer["scale"], layer["offset"]) if "scale" in layer else x)
     return x @ layers[-1]["w"] + layers[-1]["b"]

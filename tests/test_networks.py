@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common.networks import mlp_init, orthonormal_columns
+from common.networks import mlp_apply, mlp_init, mlp_init_torch, orthonormal_columns
 
 
 def qr_reference(z):
@@ -45,3 +45,23 @@ def test_mlp_init_has_no_lapack_call():
     jaxpr = str(jax.make_jaxpr(jax.vmap(lambda k: mlp_init(k, (4, 64, 2), 1.0)))(
         jax.vmap(jax.random.PRNGKey)(jnp.arange(8))))
     assert not re.search(r"\b(qr|geqrf|householder_product)\b", jaxpr)
+
+
+def test_layer_norm_mlp_matches_a_plain_forward_pass():
+    layers = mlp_init_torch(jax.random.PRNGKey(0), (5, 32, 16, 1), layer_norm=True)
+    assert [sorted(layer) for layer in layers] == [["b", "offset", "scale", "w"]] * 2 + [["b", "w"]]
+    rng = np.random.default_rng(0)
+    for layer in layers[:-1]:  # away from their initial ones and zeros, so both must be applied
+        layer["scale"], layer["offset"] = (jnp.asarray(rng.uniform(0.5, 2.0, layer["b"].shape), jnp.float32),
+                                           jnp.asarray(rng.normal(size=layer["b"].shape), jnp.float32))
+    x = rng.normal(size=(7, 5)).astype(np.float32) * 10
+    h = x.astype(np.float64)
+    for layer in layers[:-1]:
+        z = h @ np.asarray(layer["w"], np.float64) + np.asarray(layer["b"])
+        z = (z - z.mean(1, keepdims=True)) / np.sqrt(z.var(1, keepdims=True) + 1e-5)
+        h = np.maximum(z * np.asarray(layer["scale"]) + np.asarray(layer["offset"]), 0.0)
+    expected = h @ np.asarray(layers[-1]["w"], np.float64) + np.asarray(layers[-1]["b"])
+    np.testing.assert_allclose(mlp_apply(layers, jnp.asarray(x), "relu"), expected, rtol=1e-4, atol=1e-4)
+    plain = mlp_init_torch(jax.random.PRNGKey(0), (5, 32, 16, 1))
+    assert all(sorted(layer) == ["b", "w"] for layer in plain)
+    np.testing.assert_allclose(plain[0]["w"], layers[0]["w"])  # the same weights: only the norm is added

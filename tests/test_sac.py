@@ -147,7 +147,7 @@ def test_bad_input_exits_2_with_one_line(monkeypatch, capsys, tmp_path, argv, me
 def test_cli_gymnasium_logs_cleanrl_metrics_saves_and_evaluates(monkeypatch, capsys, tmp_path):
     out = run_script(tmp_path, "sac.py", "--env-id", "Pendulum-v1", "--total-timesteps", "1200", "--learning-starts",
                      "300", "--log-every", "200", "--eval-every", "600", "--num-eval-envs", "2", "--batch-size", "64",
-                     "--save-model", "--exp-name", "smoke", "--num-seeds", "2")
+                     "--save-model", "--exp-name", "smoke", "--num-seeds", "2", "--critic-layer-norm")
     assert out.returncode == 0, out.stderr
     assert "replay buffer: 1,200 transitions x 2 seed(s)" in out.stdout
     run_dirs = list_runs(tmp_path)
@@ -173,6 +173,9 @@ def test_cli_gymnasium_logs_cleanrl_metrics_saves_and_evaluates(monkeypatch, cap
     args = sac.Args()
     blob = load_checkpoint(str(run_dirs[1] / "model.ckpt"), args)
     assert args.env_id == "Pendulum-v1" and blob["config"]["seed"] == 2
+    assert args.critic_layer_norm  # a network flag: taken from the checkpoint, as the hidden sizes
+    assert set(blob["params"]["qf"]["0"]) == {"w", "b", "scale", "offset"} and set(blob["params"]["qf"]["2"]) == \
+        {"w", "b"}
     assert set(blob["params"]) == {"actor", "qf", "qf_target", "log_alpha"} and set(blob["params"]["actor"]) == \
         {"0", "1", "2"}
     env = make_env(args.env_id, 1, raw_obs=True)
