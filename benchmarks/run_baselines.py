@@ -2,6 +2,7 @@
 
     python benchmarks/run_baselines.py                  # the cpu suite, 5 seeds
     python benchmarks/run_baselines.py --suite gpu      # Brax presets and many-seed gymnax
+    python benchmarks/run_baselines.py --suite trials   # candidates for the defaults, tried one by one
     python benchmarks/run_baselines.py --only ppo_hopper_cleanrl sac_hopper_cleanrl --seeds 3
     python benchmarks/run_baselines.py --list           # the suites, their commands and references
 
@@ -74,9 +75,6 @@ SUITES = {
         # CleanRL's SAC preset is also sac.py's defaults: judged by both goals
         Baseline("sac_hopper_cleanrl", "sac.py", ("--config", "configs/sac_hopper_cleanrl.yaml"),
                  Reference(CLEANRL_SAC, 2310.46, 342.82, "within, >= 3000"), default_seeds=1, seeds_per_process=1),
-        # the same with LayerNorm in the Q networks: a candidate for sac.py's defaults (goal >= 3000)
-        Baseline("sac_hopper_critic_ln", "sac.py", ("--config", "configs/sac_hopper_cleanrl.yaml", "--critic-layer-norm"),
-                 Reference(CLEANRL_SAC, 2310.46, 342.82, ">= 3000"), default_seeds=1, seeds_per_process=1),
         Baseline("sac_halfcheetah_cleanrl", "sac.py", ("--config", "configs/sac_halfcheetah_cleanrl.yaml"),
                  Reference(CLEANRL_SAC, 9634.89, 1423.73, "within"), default_seeds=1, seeds_per_process=1),
     ],
@@ -85,6 +83,11 @@ SUITES = {
         Baseline("sac_hopper_brax", "sac.py", ("--config", "configs/sac_brax_hopper.yaml")),
         Baseline("ppo_cartpole_gymnax_1024", "ppo_discrete.py", ("--env-id", "gymnax/CartPole-v1"),
                  Reference(CLEANRL_PPO_DISCRETE, *CARTPOLE_PPO, ">= 495"), min_seeds=1024),
+    ],
+    "trials": [  # candidates for the defaults, run on their own (docs/results.md says how each fared)
+        # LayerNorm in SAC's Q networks, for the defaults' Hopper goal (>= 3000): seed 1 did worse, not adopted
+        Baseline("sac_hopper_critic_ln", "sac.py", ("--config", "configs/sac_hopper_cleanrl.yaml", "--critic-layer-norm"),
+                 Reference(CLEANRL_SAC, 2310.46, 342.82, ">= 3000"), default_seeds=1, seeds_per_process=1),
     ],
     "smoke": [  # seconds: for the tests
         Baseline("smoke_ppo_discrete", "ppo_discrete.py",
