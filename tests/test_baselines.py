@@ -141,7 +141,7 @@ def test_report_shows_unfinished_baselines_and_survives_a_cut_csv(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--suite", "tpu"], "error: no suite 'tpu'; choose one of cpu, gpu, smoke"),
+    (["--suite", "tpu"], "error: no suite 'tpu'; choose one of cpu, gpu, trials, smoke"),
     (["--only", "ppo_hoper"], "error: no baseline ppo_hoper in suite 'cpu'"),
     (["--seeds", "0"], "error: --seeds must be at least 1"),
 ])
