@@ -51,16 +51,12 @@ def mlp_init_torch(key: jax.Array, sizes: tuple, layer_norm: bool = False) -> li
     return layers
 
 
-def layer_norm(x: jax.Array, scale: jax.Array, offset: jax.Array, eps: float = 1e-5) -> jax.Array:
-    """Normalise the features of each row to mean 0 and variance 1, then scale and shift (torch's LayerNorm)."""
-    mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + eps) * scale + offset
-
-
 def mlp_apply(layers: list, x: jax.Array, activation: str = "tanh") -> jax.Array:
     """Hidden layers: linear, LayerNorm where the layer holds its scale and offset, activation."""
     act = ACTIVATIONS[activation]
     for layer in layers[:-1]:
         x = x @ layer["w"] + layer["b"]
-        x = act(layer_norm(x, layer["scale"], layer["offset"]) if "scale" in layer else x)
+        if "scale" in layer:  # LayerNorm as torch's: features to mean 0, variance 1 (eps 1e-5), scaled, shifted
+            x = jax.nn.standardize(x, axis=-1, epsilon=1e-5) * layer["scale"] + layer["offset"]
+        x = act(x)
     return x @ layers[-1]["w"] + layers[-1]["b"]
