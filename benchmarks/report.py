@@ -1,7 +1,7 @@
 """Write the reproduction report from the baselines' runs: a table next to the published references and a
 learning-curve PNG per baseline.
 
-    python benchmarks/report.py            # runs/baselines/ -> docs/results.md, docs/results/*.png
+    python benchmarks/report.py    # runs/baselines/ -> docs/results/records/ -> docs/results.md, docs/results/*.png
 
 Per baseline, Open RL Benchmark's metric: per seed, the mean `charts/episodic_return` of the last 100 training
 episodes, then mean ± population std over seeds. The runs log one mean per iteration (with the number of
@@ -10,6 +10,11 @@ its episode count and the earliest one only by what is left of the 100. Also: th
 evaluation (mean ± std over seeds), wall time, SPS, the hardware and the date. A baseline still running or
 stopped early is reported with the steps it reached, marked incomplete. Notes written below the NOTES marker
 line of an existing report are kept.
+
+runs/ is not committed, so each process's record (its command, hardware, dates and, per seed, the figures above
+and the learning curves) is kept in docs/results/records/<process>.json, and the report is written from those
+records: seeds trained in other checkouts or sessions stay in it, and a later run of the same process replaces
+its record. run_baselines.py writes a record as each process ends and skips a process whose record is done.
 """
 import argparse
 import csv
@@ -20,10 +25,13 @@ import sys
 
 import numpy as np
 
-from run_baselines import ROOT, SUITES, Parser, portable
+from run_baselines import RECORDS, ROOT, SUITES, Parser, portable, read_json
 
 LAST_EPISODES = 100
 NOTES = "<!-- notes: report.py keeps everything below this line -->"
+# the curves a record keeps (the losses stay in runs/ and TensorBoard)
+CURVES = ("charts/episodic_return", "charts/episodes", "charts/episodic_return_min", "charts/episodic_return_max",
+          "charts/episodic_length", "charts/SPS", "eval/episodic_return")
 
 
 def read_run(run_dir: str) -> dict:
@@ -56,14 +64,6 @@ def last_episodes_mean(run: dict, n: int = LAST_EPISODES) -> float:
     return weighted / total
 
 
-def read_json(path: str) -> dict | None:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def read_baseline(directory: str) -> dict | None:
     """The baseline's record (started.json, then done.json or failed.json), its status and its runs keyed by
     seed (or by the seeds' range when they share one directory), or None if it never started."""
@@ -78,16 +78,56 @@ def read_baseline(directory: str) -> dict | None:
         if os.path.isfile(os.path.join(run_dir, "metrics.csv")):
             seed = os.path.basename(os.path.dirname(run_dir)).split("__")[-2]  # {env}__{exp}__{seed}__{time}
             runs[seed] = read_run(run_dir)
-    return {**info, **(done or failed or {}), "status": status, "runs": runs}
+    seeds = {seed: {"summary": summary(run), "curves": {k: v for k, v in run.items() if k in CURVES}}
+             for seed, run in runs.items()}
+    return {**info, **(done or failed or {}), "status": status, "seeds": seeds}
+
+
+def summary(run: dict) -> dict:
+    """One seed's figures for the table: the metric, the last deterministic evaluation and its step, the steps
+    reached and the SPS."""
+    evals, sps = run.get("eval/episodic_return"), run.get("charts/SPS")
+    return {"last_100": last_episodes_mean(run),
+            "final_eval": float(evals[1][-1]) if evals else None, "eval_step": int(evals[0][-1]) if evals else None,
+            "steps": int(sps[0][-1]) if sps else 0, "sps": float(sps[1][-1]) if sps else None}
+
+
+def save_record(process: dict, path: str) -> None:
+    """Write one process's record (curves at 6 significant digits), whole or not at all."""
+    def number(x):
+        return None if x is None or not np.isfinite(x) else float(f"{x:.6g}")
+    record = {**{k: v for k, v in process.items() if k != "seeds"}, "seeds": {
+        seed: {"summary": {k: number(v) if isinstance(v, float) else v for k, v in s["summary"].items()},
+               "curves": {k: [[int(x) for x in steps], [number(x) for x in values]]
+                          for k, (steps, values) in s["curves"].items()}}
+        for seed, s in process["seeds"].items()}}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(record, f, separators=(",", ":"))
+    os.replace(path + ".tmp", path)
+
+
+def load_record(path: str) -> dict | None:
+    """A record as read_baseline returns it (curves as arrays; None read as NaN); None if it cannot be read.
+    Records from before records were kept hold the summaries only."""
+    record = read_json(path)
+    if record is None:
+        return None
+    for s in record["seeds"].values():
+        s["summary"] = {k: float("nan") if v is None and k in ("last_100", "sps") else v
+                        for k, v in s["summary"].items()}
+        s["curves"] = {k: (np.array(steps), np.array(values, float))
+                       for k, (steps, values) in s.get("curves", {}).items()}
+    return record
 
 
 def merge(parts: list) -> dict:
     """One baseline from the processes that trained its seeds: one process, or one per seed where a seed takes
     hours. Done when every process is; wall time summed over them (they run one after another)."""
-    runs = {seed: run for p in parts for seed, run in p["runs"].items()}
-    order = sorted(runs, key=lambda seed: (len(seed), seed))  # seed 2 before seed 10
+    seeds = {seed: s for p in parts for seed, s in p["seeds"].items()}
+    order = sorted(seeds, key=lambda seed: (len(seed), seed))  # seed 2 before seed 10
     status = next((p["status"] for p in parts if p["status"] != "done"), "done")
-    return {**parts[0], "runs": {seed: runs[seed] for seed in order}, "status": status, "processes": parts,
+    return {**parts[0], "seeds": {seed: seeds[seed] for seed in order}, "status": status, "processes": parts,
             "wall_seconds": sum(p.get("wall_seconds", 0) for p in parts)}
 
 
@@ -143,23 +183,28 @@ def verdict(reference: dict | None, mean: float) -> str:
 
 def plot(b: dict, path: str) -> bool:
     """Mean training return over seeds with the min-max band over seeds (one seed: the band of the
-    episodes' min and max per row), and the reference mean ± std. False if no episode has ended yet."""
+    episodes' min and max per row), and the reference mean ± std. False if no episode has ended yet, or no
+    seed's curve was kept."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = [r["charts/episodic_return"] for r in b["runs"].values() if "charts/episodic_return" in r]
-    if not curves:
+    drawn = {seed: s["curves"] for seed, s in b["seeds"].items() if "charts/episodic_return" in s["curves"]}
+    if not drawn:
         return False
+    curves = [c["charts/episodic_return"] for c in drawn.values()]
     steps = np.unique(np.concatenate([s for s, _ in curves]))
     on_grid = np.array([np.interp(steps, s, v, left=np.nan, right=np.nan) for s, v in curves])
     seeds = seed_count(b)
+    label = f"{b['name']} ({seeds} seed{'s' * (seeds > 1)})"
+    if len(drawn) < len(b["seeds"]):  # seeds whose curves were not kept (trained before records were)
+        missing = [seed for seed in b["seeds"] if seed not in drawn]
+        label = f"{b['name']} (seed {', '.join(drawn)}; seed {', '.join(missing)}: curve not kept)"
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
-    ax.plot(steps, np.nanmean(on_grid, 0), label=f"{b['name']} ({seeds} seed{'s' * (seeds > 1)})")
+    ax.plot(steps, np.nanmean(on_grid, 0), label=label)
     if len(curves) > 1:
         ax.fill_between(steps, np.nanmin(on_grid, 0), np.nanmax(on_grid, 0), alpha=0.25, label="min-max over seeds")
-    elif seeds == 1 and "charts/episodic_return_min" in next(iter(b["runs"].values())):
-        run = next(iter(b["runs"].values()))
+    elif seeds == 1 and "charts/episodic_return_min" in (run := next(iter(drawn.values()))):
         ax.fill_between(run["charts/episodic_return_min"][0], run["charts/episodic_return_min"][1],
                         run["charts/episodic_return_max"][1], alpha=0.25, label="min-max of the episodes")
     ref = b.get("reference")
@@ -193,15 +238,18 @@ def report(baselines: list, plots_dir: str, out_path: str) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     details = []
     for b in baselines:
-        runs, ref, done = b["runs"], b.get("reference"), b["status"] == "done"
-        metric = np.array([last_episodes_mean(r) for r in runs.values()])
-        grouped = seed_count(b) != len(runs)
-        evals = [r["eval/episodic_return"] for r in runs.values() if "eval/episodic_return" in r]
-        final = mean_std([v[-1] for _, v in evals], not grouped) if evals else "-"
+        ref, done = b.get("reference"), b["status"] == "done"
+        summaries = [s["summary"] for s in b["seeds"].values()]
+        metric = np.array([s["last_100"] for s in summaries])
+        grouped = seed_count(b) != len(summaries)
+        evals = [s for s in summaries if s["final_eval"] is not None]
+        # records from before records were kept may hold only the mean ± std of a process's final evaluations
+        final = (mean_std([s["final_eval"] for s in evals], not grouped) if evals else
+                 next((p["final_eval"] for p in b["processes"] if "final_eval" in p), "-"))
         if evals and not done:
-            final += f" (at step {min(int(s[-1]) for s, _ in evals):,})"
-        reached = min((int(r["charts/SPS"][0][-1]) if "charts/SPS" in r else 0 for r in runs.values()), default=0)
-        sps = np.mean([r["charts/SPS"][1][-1] for r in runs.values() if "charts/SPS" in r]) if reached else None
+            final += f" (at step {min(s['eval_step'] for s in evals):,})"
+        reached = min((s["steps"] for s in summaries), default=0)
+        sps = np.nanmean([s["sps"] for s in summaries]) if reached else None
         steps = f"{reached:,}" + ("" if done else f" of {total_steps(b['command'])} ({b['status']})")
         mean = float(np.nanmean(metric)) if np.isfinite(metric).any() else float("nan")
         wall = f"{b['wall_seconds'] / 60:.1f} min" if done else "-"
@@ -211,18 +259,21 @@ def report(baselines: list, plots_dir: str, out_path: str) -> str:
                      + f" | {verdict(ref, mean) if done else b['status']} | {final} | {wall} | "
                      + (f"{sps:,.0f} |" if sps is not None else "- |"))
         png = os.path.join(plots_dir, f"{b['name']}.png")
+        drawn = plot(b, png)
+        kept = not drawn and os.path.exists(png) and not any(s["curves"] for s in b["seeds"].values())
         picture = (f"![{b['name']}]({os.path.relpath(png, os.path.dirname(os.path.abspath(out_path)))})"
-                   if plot(b, png) else "(no episode has ended yet)")
+                   + (" (drawn before records were kept)" if kept else "")
+                   if drawn or kept else "(no episode has ended yet)")
         commands = "\n\n".join(f"`python {' '.join(portable(p['command']))}`" + ("" if p["status"] == "done" else
                               f" ({p['status']})") for p in b["processes"])  # older records hold absolute paths
         details += [f"## {b['name']}", "", commands, "",
                     f"- last {LAST_EPISODES} episodes per seed: "
-                    + ", ".join(f"seed {seed} {x:.1f}" for seed, x in zip(runs, metric)),
+                    + ", ".join(f"seed {seed} {x:.1f}" for seed, x in zip(b["seeds"], metric)),
                     f"- reference: {ref['source']}, {ref['mean']} ± {ref['std']}; goal: "
                     + " and ".join("within one reference std" if g == "within" else g for g in goals(ref)) if ref else
                     "- reference: none"]
         for p in b["processes"]:
-            seeds = "" if len(b["processes"]) == 1 else f" (seed {', '.join(p['runs']) or '?'})"
+            seeds = "" if len(b["processes"]) == 1 else f" (seed {', '.join(p['seeds']) or '?'})"
             details.append(f"- hardware{seeds}: {p['hardware']}; started {p['started']}"
                            + (f", finished {p['finished']}" if "finished" in p else ""))
         details += ["", picture, ""]
@@ -239,28 +290,40 @@ def report(baselines: list, plots_dir: str, out_path: str) -> str:
     return text
 
 
+def keep_records(runs: str, records: str) -> int:
+    """Write the record of each process under `runs` into `records` (replacing an earlier one); how many."""
+    kept = 0
+    for directory in glob.glob(os.path.join(runs, "*")):
+        if (b := read_baseline(directory)):  # .attempts/ is hidden from the glob
+            save_record(b, os.path.join(records, os.path.basename(directory) + ".json"))
+            kept += 1
+    return kept
+
+
 def main(argv=None) -> int:
     parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default=os.path.join(ROOT, "runs", "baselines"), help="run_baselines.py's --out")
+    parser.add_argument("--records", default=RECORDS, help="where each process's record is kept (committed)")
     parser.add_argument("--out", default=os.path.join(ROOT, "docs", "results.md"), help="the report to write")
     parser.add_argument("--plots", default=os.path.join(ROOT, "docs", "results"), help="where the PNGs go")
     args = parser.parse_args(argv)
+    keep_records(args.runs, args.records)
     order = [b.name for suite in SUITES.values() for b in suite]  # as the suites list them, then the others
 
-    def position(directory):  # <name>.seed<k>: the process of the baseline <name> that trains from seed k
-        name, _, first = os.path.basename(directory).partition(".seed")
+    def position(path):  # <name>.seed<k>.json: the process of the baseline <name> that trains from seed k
+        name, _, first = os.path.basename(path)[:-len(".json")].partition(".seed")
         return order.index(name) if name in order else len(order), name, int(first) if first.isdigit() else 1
-    directories = sorted(glob.glob(os.path.join(args.runs, "*")), key=position)
     processes = {}
-    for d in directories:
-        if (b := read_baseline(d)):
+    for path in sorted(glob.glob(os.path.join(args.records, "*.json")), key=position):
+        if (b := load_record(path)):
             processes.setdefault(b["name"], []).append(b)
     baselines = [merge(parts) for parts in processes.values()]
     if not baselines:
-        print(f"error: no baselines under {args.runs}; run benchmarks/run_baselines.py first", file=sys.stderr)
+        print(f"error: no baselines under {args.runs} or {args.records}; run benchmarks/run_baselines.py first",
+              file=sys.stderr)
         return 2
     report(baselines, args.plots, args.out)
-    print(f"wrote {args.out} ({len(baselines)} baselines) and its plots in {args.plots}/")
+    print(f"wrote {args.out} ({len(baselines)} baselines) and its plots in {args.plots}/; records in {args.records}/")
     return 0
 
 

@@ -8,11 +8,12 @@
 
 The seeds of a baseline train together in one process (`--num-seeds K`, vmapped), except where one seed takes
 hours (SAC on MuJoCo here): one seed unless --seeds asks for more, a process per seed, seed k's in
-runs/baselines/<name>.seed<k>/. A process that finished (its directory's done.json, written when it exits
-cleanly with the same command) is skipped; one that was interrupted, failed or ran another command starts
-again from scratch, its earlier attempt moved to runs/baselines/.attempts/. Ctrl-C or SIGTERM stops the current
+runs/baselines/<name>.seed<k>/. A process that finished with the same command (its directory's done.json, or
+its record in docs/results/records/, which is committed and so outlives runs/) is skipped; one that was
+interrupted, failed or ran another command starts again from scratch, its earlier attempt moved to
+runs/baselines/.attempts/. As each process ends, its record is written. Ctrl-C or SIGTERM stops the current
 process (it keeps its logs) and the suite; the same command resumes with it. `python benchmarks/report.py`
-turns the runs into docs/results.md.
+turns the records into docs/results.md.
 """
 import argparse
 import json
@@ -26,6 +27,7 @@ from typing import NamedTuple, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "runs", "baselines")
+RECORDS = os.path.join(ROOT, "docs", "results", "records")
 
 
 class Reference(NamedTuple):
@@ -156,14 +158,20 @@ def write_json(path: str, record: dict) -> None:
     os.replace(path + ".tmp", path)
 
 
-def finished(directory: str, cmd: list) -> bool:
-    """Did this command finish in `directory` before?"""
+def read_json(path: str) -> dict | None:
     try:
-        with open(os.path.join(directory, "done.json")) as f:
-            done = json.load(f)
+        with open(path) as f:
+            return json.load(f)
     except (OSError, ValueError):
-        return False
-    return portable(done.get("command", [])) == portable(cmd[1:])
+        return None
+
+
+def finished(directory: str, cmd: list, record: Optional[str] = None) -> bool:
+    """Did this command finish before: here (the directory's done.json) or anywhere (its record says done)?"""
+    done = read_json(os.path.join(directory, "done.json"))
+    kept = read_json(record) if record else None
+    return any(r is not None and portable(r.get("command", [])) == portable(cmd[1:])
+               for r in (done, kept if kept and kept.get("status") == "done" else None))
 
 
 def set_aside(directory: str) -> None:
@@ -206,7 +214,9 @@ def main(argv=None) -> int:
                              "one process per seed)")
     parser.add_argument("--only", nargs="+", default=None, metavar="NAME", help="run only these baselines")
     parser.add_argument("--out", default=OUT, help="where the baselines' directories go")
-    parser.add_argument("--list", action="store_true", help="print the suite's baselines and commands, run nothing")
+    parser.add_argument("--records", default=RECORDS, help="where each process's record is kept (committed)")
+    parser.add_argument("--list", action="store_true",
+                        help="print the suite's baselines and commands (marking those finished), run nothing")
     args = parser.parse_args(argv)
     if args.suite not in SUITES:
         print(f"error: no suite '{args.suite}'; choose one of {', '.join(SUITES)}", file=sys.stderr)
@@ -223,7 +233,10 @@ def main(argv=None) -> int:
     chosen = [b for b in suite if args.only is None or b.name in args.only]
     if args.list:
         for b in chosen:
-            commands = [f"python {' '.join(portable(cmd[1:]))}" for _, cmd in processes(b, args.seeds)]
+            commands = [f"python {' '.join(portable(cmd[1:]))}"
+                        + ("  (finished)" if finished(os.path.join(args.out, name), cmd,
+                                                      os.path.join(args.records, name + ".json")) else "")
+                        for name, cmd in processes(b, args.seeds)]
             print(f"{b.name}:", "\n    ".join(commands))
             if b.reference:
                 print(f"    reference {b.reference.mean} ± {b.reference.std} ({b.reference.source})")
@@ -233,11 +246,14 @@ def main(argv=None) -> int:
         for name, cmd in processes(baseline, args.seeds):
             label = f"[{i}/{len(chosen)}] {name}"
             directory = os.path.join(args.out, name)
-            if finished(directory, cmd):
+            record = os.path.join(args.records, name + ".json")
+            if finished(directory, cmd, record):
                 print(f"{label}: finished before, skipped", flush=True)
                 continue
             print(f"{label}: {' '.join(cmd[1:])}", flush=True)
             rc = run(baseline, cmd, device, directory)
+            import report  # here: report.py imports this module
+            report.save_record(report.read_baseline(directory), record)
             if rc in (130, 143):  # the script was stopped by Ctrl-C or SIGTERM: so is the suite
                 print(f"{label}: interrupted; run the same command again to resume from it (it starts again; the "
                       f"stopped attempt moves to {os.path.join(args.out, '.attempts')})", file=sys.stderr)

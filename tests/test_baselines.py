@@ -2,6 +2,7 @@
 computation, and the runner's bookkeeping."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,9 +19,9 @@ import run_baselines  # noqa: E402
 
 
 def test_smoke_suite_stops_on_sigterm_resumes_skips_what_finished_and_reports(tmp_path):
-    out, docs = tmp_path / "baselines", tmp_path / "docs"
+    out, docs, records = tmp_path / "baselines", tmp_path / "docs", tmp_path / "records"
     suite = [sys.executable, os.path.join(ROOT, "benchmarks", "run_baselines.py"), "--suite", "smoke", "--seeds", "2",
-             "--out", str(out)]
+             "--out", str(out), "--records", str(records)]
     names = [b.name for b in run_baselines.SUITES["smoke"]]
     stopped = subprocess.Popen(suite, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
@@ -49,9 +50,11 @@ def test_smoke_suite_stops_on_sigterm_resumes_skips_what_finished_and_reports(tm
     again = subprocess.run(suite, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and again.stdout.count("finished before, skipped") == sum(map(len, processes.values()))
 
+    assert sorted(p.name for p in records.iterdir()) == sorted(  # a record per process, written as it ended
+        f"{d}.json" for name in names for d in processes[name])
     written = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "report.py"), "--runs", str(out),
-                              "--out", str(docs / "results.md"), "--plots", str(docs / "results")],
-                             capture_output=True, text=True, timeout=120)
+                              "--records", str(records), "--out", str(docs / "results.md"),
+                              "--plots", str(docs / "results")], capture_output=True, text=True, timeout=120)
     assert written.returncode == 0, written.stderr[-2000:]
     text = (docs / "results.md").read_text()
     for name in names:
@@ -62,9 +65,13 @@ def test_smoke_suite_stops_on_sigterm_resumes_skips_what_finished_and_reports(tm
         assert image.shape[0] > 100 and image.shape[1] > 100 and image.std() > 0  # a picture, not a blank
     assert "490.04 ± 6.12" in text  # the reference sits next to the result
     (docs / "results.md").write_text(text + "\n" + report.NOTES + "\nwhy a result differs\n")
-    assert report.main(["--runs", str(out), "--out", str(docs / "results.md"), "--plots", str(docs / "results")]) == 0
+    shutil.rmtree(out)  # a fresh checkout: runs/ is not committed, the records are
+    assert report.main(["--runs", str(out), "--records", str(records), "--out", str(docs / "results.md"),
+                        "--plots", str(docs / "results")]) == 0
     rewritten = (docs / "results.md").read_text()
     assert rewritten.startswith(text) and rewritten.endswith(report.NOTES + "\nwhy a result differs\n")
+    again = subprocess.run(suite, capture_output=True, text=True, timeout=120)  # nothing runs twice
+    assert again.returncode == 0 and again.stdout.count("finished before, skipped") == sum(map(len, processes.values()))
 
 
 def test_last_100_episodes_weighs_rows_by_their_episode_counts():
@@ -99,6 +106,12 @@ def test_a_baseline_counts_as_finished_only_with_the_same_command(tmp_path):
     assert not run_baselines.finished(str(tmp_path), [*cmd[:-1], "3"])  # other seeds: run again
     (tmp_path / "done.json").write_text("{trunc")
     assert not run_baselines.finished(str(tmp_path), cmd)
+    record, elsewhere = tmp_path / "kept.json", str(tmp_path / "fresh_checkout")  # runs/ gone, the record kept
+    record.write_text(json.dumps({"command": cmd[1:], "status": "running or killed"}))
+    assert not run_baselines.finished(elsewhere, cmd, str(record))
+    record.write_text(json.dumps({"command": cmd[1:], "status": "done"}))
+    assert run_baselines.finished(elsewhere, cmd, str(record))
+    assert not run_baselines.finished(elsewhere, [*cmd[:-1], "3"], str(record))
 
 
 def test_hour_long_seeds_train_one_process_each_and_only_as_many_as_asked():
@@ -132,12 +145,37 @@ def test_report_shows_unfinished_baselines_and_survives_a_cut_csv(tmp_path):
     baseline("diverged", ["512,charts/SPS,100,1.0\n"], ("failed.json", {"exit_code": 3, "finished": "today"}))
     baseline("stopped", ["512,charts/SPS,100,1.0\n"], ("failed.json", {"exit_code": 143, "finished": "today"}))
     docs = tmp_path / "docs"
-    assert report.main(["--runs", str(tmp_path / "runs"), "--out", str(docs / "results.md"),
-                        "--plots", str(docs / "results")]) == 0
+    assert report.main(["--runs", str(tmp_path / "runs"), "--records", str(tmp_path / "records"),
+                        "--out", str(docs / "results.md"), "--plots", str(docs / "results")]) == 0
     text = (docs / "results.md").read_text()
     assert "| killed | 512 of 4,096 (running or killed) | 1 | 20.0 |" in text
     assert "| stopped | 512 of 4,096 (stopped by a signal) |" in text
     assert "| diverged | 512 of 4,096 (failed (exit 3)) | 1 | - |" in text and "(no episode has ended yet)" in text
+
+
+def test_a_seed_kept_as_a_record_merges_with_a_new_seed(tmp_path):
+    records, runs, docs = tmp_path / "records", tmp_path / "runs", tmp_path / "docs"
+    command = ["sac.py", "--total-timesteps", "2000", "--num-seeds", "1", "--seed"]
+    info = {"name": "b", "hardware": "test", "started": "then", "reference": None}
+    records.mkdir()  # seed 1, trained in another checkout before records held curves: its figures only
+    (records / "b.json").write_text(json.dumps({
+        **info, "command": command + ["1"], "finished": "then", "wall_seconds": 600.0, "exit_code": 0,
+        "status": "done", "seeds": {"1": {"summary": {"last_100": 100.0, "final_eval": 150.0, "eval_step": 2000,
+                                                      "steps": 2000, "sps": 10.0}}}}))
+    seed2 = runs / "b.seed2"  # seed 2, trained here
+    (seed2 / "runs" / "Hopper-v4__b__2__1700000000").mkdir(parents=True)
+    (seed2 / "started.json").write_text(json.dumps({**info, "command": command + ["2"]}))
+    (seed2 / "done.json").write_text(json.dumps({"wall_seconds": 300.0, "finished": "now", "exit_code": 0}))
+    (seed2 / "runs" / "Hopper-v4__b__2__1700000000" / "metrics.csv").write_text(
+        "global_step,metric,value,wall_time\n2000,charts/episodic_return,200.0,1\n2000,charts/episodes,100,1\n"
+        "2000,charts/SPS,20,1\n2000,eval/episodic_return,250.0,1\n2000,losses/qf_loss,3.0,1\n")
+    assert report.main(["--runs", str(runs), "--records", str(records), "--out", str(docs / "results.md"),
+                        "--plots", str(docs / "results")]) == 0
+    text = (docs / "results.md").read_text()
+    assert "| b | 2,000 | 2 | 150.0 ± 50.0 | - |  | 200.0 ± 50.0 | 15.0 min | 15 |" in text
+    kept = json.loads((records / "b.seed2.json").read_text())["seeds"]["2"]
+    assert kept["curves"]["charts/episodic_return"] == [[2000], [200.0]] and "losses/qf_loss" not in kept["curves"]
+    assert (docs / "results" / "b.png").exists()  # drawn from seed 2, the one curve kept
 
 
 @pytest.mark.parametrize("argv, message", [
