@@ -13,8 +13,10 @@ line of an existing report are kept.
 
 runs/ is not committed, so each process's record (its command, hardware, dates and, per seed, the figures above
 and the learning curves) is kept in docs/results/records/<process>.json, and the report is written from those
-records: seeds trained in other checkouts or sessions stay in it, and a later run of the same process replaces
-its record. run_baselines.py writes a record as each process ends and skips a process whose record is done.
+records: seeds trained in other checkouts or sessions stay in it. A later run of the same process replaces its
+record, unless the record is finished and the run is not. run_baselines.py writes a record as each process ends
+and skips a process whose record is done. Plots drawn from runs lost before records were kept stay as
+docs/results/<name>.before-records.png.
 """
 import argparse
 import csv
@@ -65,8 +67,9 @@ def last_episodes_mean(run: dict, n: int = LAST_EPISODES) -> float:
 
 
 def read_baseline(directory: str) -> dict | None:
-    """The baseline's record (started.json, then done.json or failed.json), its status and its runs keyed by
-    seed (or by the seeds' range when they share one directory), or None if it never started."""
+    """One process of a baseline as its directory holds it (started.json, then done.json or failed.json), its
+    status and, per seed (or per range of seeds where they share one directory), the figures of the table and
+    the learning curves; None if it never started."""
     info = read_json(os.path.join(directory, "started.json"))
     if info is None:
         return None
@@ -92,8 +95,12 @@ def summary(run: dict) -> dict:
             "steps": int(sps[0][-1]) if sps else 0, "sps": float(sps[1][-1]) if sps else None}
 
 
-def save_record(process: dict, path: str) -> None:
-    """Write one process's record (curves at 6 significant digits), whole or not at all."""
+def save_record(process: dict, path: str) -> bool:
+    """Write one process's record (curves at 6 significant digits), whole or not at all; but never replace a
+    finished record with an unfinished attempt (its logs stay in runs/). False where it kept the old one."""
+    old = read_json(path)
+    if old and old.get("status") == "done" and process["status"] != "done":
+        return False
     def number(x):
         return None if x is None or not np.isfinite(x) else float(f"{x:.6g}")
     record = {**{k: v for k, v in process.items() if k != "seeds"}, "seeds": {
@@ -105,6 +112,7 @@ def save_record(process: dict, path: str) -> None:
     with open(path + ".tmp", "w") as f:
         json.dump(record, f, separators=(",", ":"))
     os.replace(path + ".tmp", path)
+    return True
 
 
 def load_record(path: str) -> dict | None:
@@ -243,9 +251,9 @@ def report(baselines: list, plots_dir: str, out_path: str) -> str:
         metric = np.array([s["last_100"] for s in summaries])
         grouped = seed_count(b) != len(summaries)
         evals = [s for s in summaries if s["final_eval"] is not None]
-        # records from before records were kept may hold only the mean ± std of a process's final evaluations
-        final = (mean_std([s["final_eval"] for s in evals], not grouped) if evals else
-                 next((p["final_eval"] for p in b["processes"] if "final_eval" in p), "-"))
+        # records rebuilt after their runs were lost may hold only the mean ± std of their final evaluations
+        final = (mean_std([np.nan if s["final_eval"] is None else s["final_eval"] for s in summaries], not grouped)
+                 if evals else next((p["final_eval"] for p in b["processes"] if "final_eval" in p), "-"))
         if evals and not done:
             final += f" (at step {min(s['eval_step'] for s in evals):,})"
         reached = min((s["steps"] for s in summaries), default=0)
@@ -258,12 +266,16 @@ def report(baselines: list, plots_dir: str, out_path: str) -> str:
                      + (f"{ref['mean']:.2f} ± {ref['std']:.2f}" if ref else "-")
                      + f" | {verdict(ref, mean) if done else b['status']} | {final} | {wall} | "
                      + (f"{sps:,.0f} |" if sps is not None else "- |"))
-        png = os.path.join(plots_dir, f"{b['name']}.png")
-        drawn = plot(b, png)
-        kept = not drawn and os.path.exists(png) and not any(s["curves"] for s in b["seeds"].values())
-        picture = (f"![{b['name']}]({os.path.relpath(png, os.path.dirname(os.path.abspath(out_path)))})"
-                   + (" (drawn before records were kept)" if kept else "")
-                   if drawn or kept else "(no episode has ended yet)")
+        png, before = (os.path.join(plots_dir, f"{b['name']}{suffix}.png") for suffix in ("", ".before-records"))
+
+        def picture(path):
+            return f"![{b['name']}]({os.path.relpath(path, os.path.dirname(os.path.abspath(out_path)))})"
+        pictures = [picture(png)] if plot(b, png) else []
+        if os.path.exists(before) and any(not s["curves"] for s in b["seeds"].values()):
+            pictures.append(picture(before) + " (seeds trained before records were kept, drawn from their runs)")
+        if not pictures:
+            pictures = ["(no episode has ended yet)" if any(s["curves"] for s in b["seeds"].values()) else
+                        "(no curve kept)"]
         commands = "\n\n".join(f"`python {' '.join(portable(p['command']))}`" + ("" if p["status"] == "done" else
                               f" ({p['status']})") for p in b["processes"])  # older records hold absolute paths
         details += [f"## {b['name']}", "", commands, "",
@@ -276,7 +288,7 @@ def report(baselines: list, plots_dir: str, out_path: str) -> str:
             seeds = "" if len(b["processes"]) == 1 else f" (seed {', '.join(p['seeds']) or '?'})"
             details.append(f"- hardware{seeds}: {p['hardware']}; started {p['started']}"
                            + (f", finished {p['finished']}" if "finished" in p else ""))
-        details += ["", picture, ""]
+        details += ["", "\n\n".join(pictures), ""]
     text = "\n".join(lines + [""] + details)
     old = ""
     if os.path.exists(out_path):

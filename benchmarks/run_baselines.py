@@ -253,7 +253,7 @@ def main(argv=None) -> int:
             print(f"{label}: {' '.join(cmd[1:])}", flush=True)
             rc = run(baseline, cmd, device, directory)
             import report  # here: report.py imports this module
-            report.save_record(report.read_baseline(directory), record)
+            report.save_record(report.read_baseline(directory), record)  # not over a finished one
             if rc in (130, 143):  # the script was stopped by Ctrl-C or SIGTERM: so is the suite
                 print(f"{label}: interrupted; run the same command again to resume from it (it starts again; the "
                       f"stopped attempt moves to {os.path.join(args.out, '.attempts')})", file=sys.stderr)

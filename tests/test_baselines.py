@@ -169,13 +169,24 @@ def test_a_seed_kept_as_a_record_merges_with_a_new_seed(tmp_path):
     (seed2 / "runs" / "Hopper-v4__b__2__1700000000" / "metrics.csv").write_text(
         "global_step,metric,value,wall_time\n2000,charts/episodic_return,200.0,1\n2000,charts/episodes,100,1\n"
         "2000,charts/SPS,20,1\n2000,eval/episodic_return,250.0,1\n2000,losses/qf_loss,3.0,1\n")
-    assert report.main(["--runs", str(runs), "--records", str(records), "--out", str(docs / "results.md"),
-                        "--plots", str(docs / "results")]) == 0
+    (docs / "results").mkdir(parents=True)
+    (docs / "results" / "b.before-records.png").write_bytes(b"seed 1, drawn from its run")
+    argv = ["--runs", str(runs), "--records", str(records), "--out", str(docs / "results.md"),
+            "--plots", str(docs / "results")]
+    assert report.main(argv) == 0
     text = (docs / "results.md").read_text()
-    assert "| b | 2,000 | 2 | 150.0 ± 50.0 | - |  | 200.0 ± 50.0 | 15.0 min | 15 |" in text
+    row = "| b | 2,000 | 2 | 150.0 ± 50.0 | - |  | 200.0 ± 50.0 | 15.0 min | 15 |"
+    assert row in text
     kept = json.loads((records / "b.seed2.json").read_text())["seeds"]["2"]
     assert kept["curves"]["charts/episodic_return"] == [[2000], [200.0]] and "losses/qf_loss" not in kept["curves"]
-    assert (docs / "results" / "b.png").exists()  # drawn from seed 2, the one curve kept
+    assert (docs / "results" / "b.png").exists()  # drawn from seed 2, the one curve kept, next to seed 1's old plot
+    assert "(results/b.png)" in text and "(results/b.before-records.png)" in text
+
+    (seed2 / "done.json").unlink()  # seed 2 started again and stopped: the finished record stands
+    (seed2 / "failed.json").write_text(json.dumps({"exit_code": 143, "finished": "later"}))
+    assert report.main(argv) == 0
+    assert row in (docs / "results.md").read_text()
+    assert json.loads((records / "b.seed2.json").read_text())["status"] == "done"
 
 
 @pytest.mark.parametrize("argv, message", [
