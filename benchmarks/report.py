@@ -21,13 +21,12 @@ docs/results/<name>.before-records.png.
 import argparse
 import csv
 import glob
-import json
 import os
 import sys
 
 import numpy as np
 
-from run_baselines import RECORDS, ROOT, SUITES, Parser, portable, read_json
+from run_baselines import RECORDS, ROOT, SUITES, Parser, portable, read_json, write_json
 
 LAST_EPISODES = 100
 NOTES = "<!-- notes: report.py keeps everything below this line -->"
@@ -109,9 +108,7 @@ def save_record(process: dict, path: str) -> bool:
                           for k, (steps, values) in s["curves"].items()}}
         for seed, s in process["seeds"].items()}}
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(record, f, separators=(",", ":"))
-    os.replace(path + ".tmp", path)
+    write_json(path, record, compact=True)
     return True
 
 
