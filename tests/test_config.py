@@ -153,3 +153,13 @@ def test_preset_numbers_become_whole_only_for_int_flags(tmp_path):
     assert args.exp_name == "1e3" and args.wandb_entity == "007"  # text stays text
     assert args.total_timesteps == 2_000_000 and args.actor_hidden == (30, 32)
 
+
+
+
+@pytest.mark.parametrize("preset", ["sac_hopper_cleanrl.yaml", "sac_halfcheetah_cleanrl.yaml"])
+def test_sac_cleanrl_presets_are_the_defaults(preset):
+    # the presets pin CleanRL's settings, which sac.py's defaults also are: the baselines judge them as one setup
+    path = os.path.join(ROOT, "configs", preset)
+    pinned = vars(parse_args(sac.Args, ["--config", path]))
+    defaults = vars(parse_args(sac.Args, ["--env-id", pinned["env_id"]]))
+    assert {k: v for k, v in pinned.items() if k != "config"} == {k: v for k, v in defaults.items() if k != "config"}
