@@ -154,8 +154,6 @@ def test_preset_numbers_become_whole_only_for_int_flags(tmp_path):
     assert args.total_timesteps == 2_000_000 and args.actor_hidden == (30, 32)
 
 
-
-
 @pytest.mark.parametrize("preset", ["sac_hopper_cleanrl.yaml", "sac_halfcheetah_cleanrl.yaml"])
 def test_sac_cleanrl_presets_are_the_defaults(preset):
     # the presets pin CleanRL's settings, which sac.py's defaults also are: the baselines judge them as one setup
