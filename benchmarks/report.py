@@ -299,14 +299,12 @@ def report(baselines: list, plots_dir: str, out_path: str) -> str:
     return text
 
 
-def keep_records(runs: str, records: str) -> int:
-    """Write the record of each process under `runs` into `records` (replacing an earlier one); how many."""
-    kept = 0
+def keep_records(runs: str, records: str) -> None:
+    """Write the record of each process under `runs` into `records`, replacing an earlier one unless that one is
+    finished and the run is not (save_record)."""
     for directory in glob.glob(os.path.join(runs, "*")):
         if (b := read_baseline(directory)):  # .attempts/ is hidden from the glob
             save_record(b, os.path.join(records, os.path.basename(directory) + ".json"))
-            kept += 1
-    return kept
 
 
 def main(argv=None) -> int:
