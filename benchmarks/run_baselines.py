@@ -96,7 +96,8 @@ SUITES = {
         Baseline("sac_hopper_q_lr_3e-4", "sac.py", ("--config", "configs/sac_hopper_cleanrl.yaml", "--q-lr", "3e-4"),
                  Reference(CLEANRL_SAC, *HOPPER_SAC, ">= 3000"), default_seeds=1, seeds_per_process=1),
         # a lower target entropy (-2 per action dimension, not -1): less action noise in the training episodes that
-        # the metric scores, where the deterministic evaluations already reach ~3,200
+        # the metric scores, where the deterministic evaluations already reach ~3,200; seed 1 scored 2785.4 (its
+        # default twin 1693.5), so seeds 2-3 next; it becomes the default only if three seeds average >= 3000
         Baseline("sac_hopper_target_entropy_-6", "sac.py",
                  ("--config", "configs/sac_hopper_cleanrl.yaml", "--target-entropy", "-6"),
                  Reference(CLEANRL_SAC, *HOPPER_SAC, ">= 3000"), default_seeds=1, seeds_per_process=1),
