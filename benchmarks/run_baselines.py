@@ -56,6 +56,14 @@ HALFCHEETAH_PPO = (1442.64, 46.03)
 CARTPOLE_PPO = (490.04, 6.12)
 HOPPER_SAC = (2310.46, 342.82)
 
+
+def sac_hopper_trial(name: str, *flags: str) -> Baseline:
+    """A candidate for sac.py's defaults: CleanRL's Hopper preset (the defaults) plus `flags`, judged by the
+    defaults' goal, one seed per process as the SAC baselines."""
+    return Baseline(name, "sac.py", ("--config", "configs/sac_hopper_cleanrl.yaml", *flags),
+                    Reference(CLEANRL_SAC, *HOPPER_SAC, ">= 3000"), default_seeds=1, seeds_per_process=1)
+
+
 SUITES = {
     "cpu": [
         Baseline("ppo_cartpole_cleanrl", "ppo_discrete.py", ("--config", "configs/ppo_discrete_cartpole_cleanrl.yaml"),
@@ -89,18 +97,14 @@ SUITES = {
     ],
     "trials": [  # candidates for the defaults, run on their own (docs/results.md says how each fared)
         # LayerNorm in SAC's Q networks, for the defaults' Hopper goal (>= 3000): seed 1 did worse, not adopted
-        Baseline("sac_hopper_critic_ln", "sac.py", ("--config", "configs/sac_hopper_cleanrl.yaml", "--critic-layer-norm"),
-                 Reference(CLEANRL_SAC, *HOPPER_SAC, ">= 3000"), default_seeds=1, seeds_per_process=1),
+        sac_hopper_trial("sac_hopper_critic_ln", "--critic-layer-norm"),
         # the SAC paper's rates: Q (and so alpha) at 3e-4 instead of CleanRL's 1e-3; three seeds scored as 1e-3 did
         # (+420, +400, -772 against their 1e-3 twins), not adopted
-        Baseline("sac_hopper_q_lr_3e-4", "sac.py", ("--config", "configs/sac_hopper_cleanrl.yaml", "--q-lr", "3e-4"),
-                 Reference(CLEANRL_SAC, *HOPPER_SAC, ">= 3000"), default_seeds=1, seeds_per_process=1),
+        sac_hopper_trial("sac_hopper_q_lr_3e-4", "--q-lr", "3e-4"),
         # a lower target entropy (-2 per action dimension, not -1): less action noise in the training episodes that
         # the metric scores, where the deterministic evaluations already reach ~3,200; seed 1 scored 2785.4 (its
         # default twin 1693.5), so seeds 2-3 next; it becomes the default only if three seeds average >= 3000
-        Baseline("sac_hopper_target_entropy_-6", "sac.py",
-                 ("--config", "configs/sac_hopper_cleanrl.yaml", "--target-entropy", "-6"),
-                 Reference(CLEANRL_SAC, *HOPPER_SAC, ">= 3000"), default_seeds=1, seeds_per_process=1),
+        sac_hopper_trial("sac_hopper_target_entropy_-6", "--target-entropy", "-6"),
     ],
     "smoke": [  # seconds: for the tests
         Baseline("smoke_ppo_discrete", "ppo_discrete.py",
