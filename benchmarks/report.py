@@ -128,12 +128,16 @@ def load_record(path: str) -> dict | None:
 
 def merge(parts: list) -> dict:
     """One baseline from the processes that trained its seeds: one process, or one per seed where a seed takes
-    hours. Done when every process is; wall time summed over them (they run one after another)."""
-    seeds = {seed: s for p in parts for seed, s in p["seeds"].items()}
+    hours. Once any process is done, only finished ones count (a seed stopped part way would pull the metric
+    toward its early returns) and the rest are listed as unfinished. Done when every counted process is; wall
+    time summed over them (they run one after another)."""
+    counted = [p for p in parts if p["status"] == "done"] or parts
+    seeds = {seed: s for p in counted for seed, s in p["seeds"].items()}
     order = sorted(seeds, key=lambda seed: (len(seed), seed))  # seed 2 before seed 10
-    status = next((p["status"] for p in parts if p["status"] != "done"), "done")
-    return {**parts[0], "seeds": {seed: seeds[seed] for seed in order}, "status": status, "processes": parts,
-            "wall_seconds": sum(p.get("wall_seconds", 0) for p in parts)}
+    status = next((p["status"] for p in counted if p["status"] != "done"), "done")
+    return {**counted[0], "seeds": {seed: seeds[seed] for seed in order}, "status": status, "processes": counted,
+            "unfinished": [p for p in parts if p not in counted],
+            "wall_seconds": sum(p.get("wall_seconds", 0) for p in counted)}
 
 
 def total_steps(command: list) -> str:
@@ -281,6 +285,10 @@ def report(baselines: list, plots_dir: str, out_path: str) -> str:
                     f"- reference: {ref['source']}, {ref['mean']} ± {ref['std']}; goal: "
                     + " and ".join("within one reference std" if g == "within" else g for g in goals(ref)) if ref else
                     "- reference: none"]
+        for p in b["unfinished"]:
+            reached = min((s["summary"]["steps"] for s in p["seeds"].values()), default=0)
+            details.append(f"- not counted until it finishes: `python {' '.join(portable(p['command']))}` "
+                           f"({p['status']} at {reached:,} of {total_steps(p['command'])} steps)")
         for p in b["processes"]:
             seeds = "" if len(b["processes"]) == 1 else f" (seed {', '.join(p['seeds']) or '?'})"
             details.append(f"- hardware{seeds}: {p['hardware']}; started {p['started']}"

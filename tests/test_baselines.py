@@ -153,7 +153,7 @@ def test_report_shows_unfinished_baselines_and_survives_a_cut_csv(tmp_path):
     assert "| diverged | 512 of 4,096 (failed (exit 3)) | 1 | - |" in text and "(no episode has ended yet)" in text
 
 
-def test_a_seed_kept_as_a_record_merges_with_a_new_seed(tmp_path):
+def test_a_seed_kept_as_a_record_merges_with_a_new_seed_and_an_unfinished_one_waits(tmp_path):
     records, runs, docs = tmp_path / "records", tmp_path / "runs", tmp_path / "docs"
     command = ["sac.py", "--total-timesteps", "2000", "--num-seeds", "1", "--seed"]
     info = {"name": "b", "hardware": "test", "started": "then", "reference": None}
@@ -169,6 +169,13 @@ def test_a_seed_kept_as_a_record_merges_with_a_new_seed(tmp_path):
     (seed2 / "runs" / "Hopper-v4__b__2__1700000000" / "metrics.csv").write_text(
         "global_step,metric,value,wall_time\n2000,charts/episodic_return,200.0,1\n2000,charts/episodes,100,1\n"
         "2000,charts/SPS,20,1\n2000,eval/episodic_return,250.0,1\n2000,losses/qf_loss,3.0,1\n")
+    seed3 = runs / "b.seed3"  # seed 3, stopped early: its first returns must not enter the metric
+    (seed3 / "runs" / "Hopper-v4__b__3__1700000000").mkdir(parents=True)
+    (seed3 / "started.json").write_text(json.dumps({**info, "command": command + ["3"]}))
+    (seed3 / "failed.json").write_text(json.dumps({"exit_code": 143, "finished": "now"}))
+    (seed3 / "runs" / "Hopper-v4__b__3__1700000000" / "metrics.csv").write_text(
+        "global_step,metric,value,wall_time\n500,charts/episodic_return,10.0,1\n500,charts/episodes,100,1\n"
+        "500,charts/SPS,20,1\n")
     (docs / "results").mkdir(parents=True)
     (docs / "results" / "b.before-records.png").write_bytes(b"seed 1, drawn from its run")
     argv = ["--runs", str(runs), "--records", str(records), "--out", str(docs / "results.md"),
@@ -177,6 +184,8 @@ def test_a_seed_kept_as_a_record_merges_with_a_new_seed(tmp_path):
     text = (docs / "results.md").read_text()
     row = "| b | 2,000 | 2 | 150.0 ± 50.0 | - |  | 200.0 ± 50.0 | 15.0 min | 15 |"
     assert row in text
+    assert "not counted until it finishes: `python sac.py --total-timesteps 2000 --num-seeds 1 --seed 3` " \
+           "(stopped by a signal at 500 of 2,000 steps)" in text
     kept = json.loads((records / "b.seed2.json").read_text())["seeds"]["2"]
     assert kept["curves"]["charts/episodic_return"] == [[2000], [200.0]] and "losses/qf_loss" not in kept["curves"]
     assert (docs / "results" / "b.png").exists()  # drawn from seed 2, the one curve kept, next to seed 1's old plot
