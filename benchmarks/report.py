@@ -131,12 +131,13 @@ def merge(parts: list) -> dict:
     hours. Once any process is done, only finished ones count (a seed stopped part way would pull the metric
     toward its early returns) and the rest are listed as unfinished. Done when every counted process is; wall
     time summed over them (they run one after another)."""
-    counted = [p for p in parts if p["status"] == "done"] or parts
+    done = [p for p in parts if p["status"] == "done"]
+    counted, unfinished = (done, [p for p in parts if p["status"] != "done"]) if done else (parts, [])
     seeds = {seed: s for p in counted for seed, s in p["seeds"].items()}
     order = sorted(seeds, key=lambda seed: (len(seed), seed))  # seed 2 before seed 10
     status = next((p["status"] for p in counted if p["status"] != "done"), "done")
     return {**counted[0], "seeds": {seed: seeds[seed] for seed in order}, "status": status, "processes": counted,
-            "unfinished": [p for p in parts if p not in counted],
+            "unfinished": unfinished,
             "wall_seconds": sum(p.get("wall_seconds", 0) for p in counted)}
 
 
