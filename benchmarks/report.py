@@ -128,17 +128,22 @@ def load_record(path: str) -> dict | None:
 
 def merge(parts: list) -> dict:
     """One baseline from the processes that trained its seeds: one process, or one per seed where a seed takes
-    hours. Once any process is done, only finished ones count (a seed stopped part way would pull the metric
-    toward its early returns) and the rest are listed as unfinished. Done when every counted process is; wall
-    time summed over them (they run one after another)."""
+    hours. Once any process is done, the baseline is done and only finished processes count (a seed stopped
+    part way would pull the metric toward its early returns); the rest are listed as unfinished. Wall time is
+    summed over the counted ones (they run one after another)."""
     done = [p for p in parts if p["status"] == "done"]
     counted, unfinished = (done, [p for p in parts if p["status"] != "done"]) if done else (parts, [])
     seeds = {seed: s for p in counted for seed, s in p["seeds"].items()}
     order = sorted(seeds, key=lambda seed: (len(seed), seed))  # seed 2 before seed 10
-    status = next((p["status"] for p in counted if p["status"] != "done"), "done")
+    status = "done" if done else parts[0]["status"]
     return {**counted[0], "seeds": {seed: seeds[seed] for seed in order}, "status": status, "processes": counted,
             "unfinished": unfinished,
             "wall_seconds": sum(p.get("wall_seconds", 0) for p in counted)}
+
+
+def steps_reached(seeds: dict) -> int:
+    """Env steps per seed that every seed of a process (or baseline) has reached."""
+    return min((s["summary"]["steps"] for s in seeds.values()), default=0)
 
 
 def total_steps(command: list) -> str:
@@ -258,7 +263,7 @@ def report(baselines: list, plots_dir: str, out_path: str) -> str:
                  if evals else next((p["final_eval"] for p in b["processes"] if "final_eval" in p), "-"))
         if evals and not done:
             final += f" (at step {min(s['eval_step'] for s in evals):,})"
-        reached = min((s["steps"] for s in summaries), default=0)
+        reached = steps_reached(b["seeds"])
         sps = np.nanmean([s["sps"] for s in summaries]) if reached else None
         steps = f"{reached:,}" + ("" if done else f" of {total_steps(b['command'])} ({b['status']})")
         mean = float(np.nanmean(metric)) if np.isfinite(metric).any() else float("nan")
@@ -287,9 +292,8 @@ def report(baselines: list, plots_dir: str, out_path: str) -> str:
                     + " and ".join("within one reference std" if g == "within" else g for g in goals(ref)) if ref else
                     "- reference: none"]
         for p in b["unfinished"]:
-            reached = min((s["summary"]["steps"] for s in p["seeds"].values()), default=0)
             details.append(f"- not counted until it finishes: `python {' '.join(portable(p['command']))}` "
-                           f"({p['status']} at {reached:,} of {total_steps(p['command'])} steps)")
+                           f"({p['status']} at {steps_reached(p['seeds']):,} of {total_steps(p['command'])} steps)")
         for p in b["processes"]:
             seeds = "" if len(b["processes"]) == 1 else f" (seed {', '.join(p['seeds']) or '?'})"
             details.append(f"- hardware{seeds}: {p['hardware']}; started {p['started']}"
