@@ -175,6 +175,22 @@ def mean_std(values, spread: bool = True) -> str:
     return text + (f" ({len(measured)} of {len(values)} measured)" if len(measured) < len(values) else "")
 
 
+def final_eval(b: dict, spread: bool) -> str:
+    """The last deterministic evaluation, mean ± population std over seeds. Records rebuilt after their runs were
+    lost hold only their process's mean ± std: such a process enters as that many seeds, pooled exactly."""
+    measured = [s["summary"]["final_eval"] for s in b["seeds"].values() if s["summary"]["final_eval"] is not None]
+    groups = [(1, x, 0.0) for x in measured]  # (seeds, mean, std)
+    groups += [(len(p["seeds"]), *map(float, p["final_eval"].split(" ± "))) for p in b["processes"]
+               if "final_eval" in p]
+    if not groups:
+        return "-"
+    n = sum(c for c, _, _ in groups)
+    mean = sum(c * m for c, m, _ in groups) / n
+    std = np.sqrt(max(sum(c * (sd * sd + m * m) for c, m, sd in groups) / n - mean * mean, 0.0))
+    text = f"{mean:.1f}" + (f" ± {std:.1f}" if spread and n > 1 else "")
+    return text + (f" ({n} of {len(b['seeds'])} measured)" if n < len(b["seeds"]) else "")
+
+
 def goals(reference: dict) -> list:
     """The reference's goals: "within" one std of its mean and/or ">= N", written joined by commas."""
     return [goal.strip() for goal in reference["goal"].split(",")]
@@ -258,9 +274,7 @@ def report(baselines: list, plots_dir: str, out_path: str) -> str:
         metric = np.array([s["last_100"] for s in summaries])
         grouped = seed_count(b) != len(summaries)
         evals = [s for s in summaries if s["final_eval"] is not None]
-        # records rebuilt after their runs were lost may hold only the mean ± std of their final evaluations
-        final = (mean_std([np.nan if s["final_eval"] is None else s["final_eval"] for s in summaries], not grouped)
-                 if evals else next((p["final_eval"] for p in b["processes"] if "final_eval" in p), "-"))
+        final = final_eval(b, not grouped)
         if evals and not done:
             final += f" (at step {min(s['eval_step'] for s in evals):,})"
         reached = steps_reached(b["seeds"])

@@ -6,7 +6,8 @@
     python benchmarks/run_baselines.py --only ppo_hopper_cleanrl sac_hopper_cleanrl --seeds 3
     python benchmarks/run_baselines.py --list           # the suites, their commands and references
 
-The seeds of a baseline train together in one process (`--num-seeds K`, vmapped), except where one seed takes
+The seeds of a baseline train together in one process (`--num-seeds K`, vmapped), five to a process in the cpu
+suite (--seeds 10 adds seeds 6-10 in runs/baselines/<name>.seed6/ and keeps 1-5), except where one seed takes
 hours (SAC on MuJoCo here): one seed unless --seeds asks for more, a process per seed, seed k's in
 runs/baselines/<name>.seed<k>/. A process that finished with the same command (its directory's done.json, or
 its record in docs/results/records/, which is committed and so outlives runs/) is skipped; one that was
@@ -65,22 +66,22 @@ def sac_hopper_trial(name: str, *flags: str) -> Baseline:
 
 
 SUITES = {
-    "cpu": [
+    "cpu": [  # PPO: five seeds vmapped per process, so --seeds 10 adds seeds 6-10 and keeps 1-5
         Baseline("ppo_cartpole_cleanrl", "ppo_discrete.py", ("--config", "configs/ppo_discrete_cartpole_cleanrl.yaml"),
-                 Reference(CLEANRL_PPO_DISCRETE, *CARTPOLE_PPO, "within")),
+                 Reference(CLEANRL_PPO_DISCRETE, *CARTPOLE_PPO, "within"), seeds_per_process=5),
         Baseline("ppo_cartpole", "ppo_discrete.py", ("--env-id", "CartPole-v1"),
-                 Reference(CLEANRL_PPO_DISCRETE, *CARTPOLE_PPO, ">= 495")),
+                 Reference(CLEANRL_PPO_DISCRETE, *CARTPOLE_PPO, ">= 495"), seeds_per_process=5),
         Baseline("ppo_cartpole_gymnax", "ppo_discrete.py", ("--env-id", "gymnax/CartPole-v1"),
-                 Reference(CLEANRL_PPO_DISCRETE, *CARTPOLE_PPO, ">= 495")),
+                 Reference(CLEANRL_PPO_DISCRETE, *CARTPOLE_PPO, ">= 495"), seeds_per_process=5),
         Baseline("ppo_hopper_cleanrl", "ppo_continuous.py", ("--config", "configs/ppo_continuous_hopper_cleanrl.yaml"),
-                 Reference(CLEANRL_PPO, *HOPPER_PPO, "within")),
+                 Reference(CLEANRL_PPO, *HOPPER_PPO, "within"), seeds_per_process=5),
         Baseline("ppo_hopper", "ppo_continuous.py", ("--env-id", "Hopper-v4"),
-                 Reference(CLEANRL_PPO, *HOPPER_PPO, ">= 2600")),
+                 Reference(CLEANRL_PPO, *HOPPER_PPO, ">= 2600"), seeds_per_process=5),
         Baseline("ppo_halfcheetah_cleanrl", "ppo_continuous.py",
                  ("--config", "configs/ppo_continuous_halfcheetah_cleanrl.yaml"),
-                 Reference(CLEANRL_PPO, *HALFCHEETAH_PPO, "within")),
+                 Reference(CLEANRL_PPO, *HALFCHEETAH_PPO, "within"), seeds_per_process=5),
         Baseline("ppo_halfcheetah", "ppo_continuous.py", ("--env-id", "HalfCheetah-v4"),
-                 Reference(CLEANRL_PPO, *HALFCHEETAH_PPO, ">= 1600")),
+                 Reference(CLEANRL_PPO, *HALFCHEETAH_PPO, ">= 1600"), seeds_per_process=5),
         # one seed of SAC takes about two hours on a 2-core CPU: one seed unless --seeds asks for more, each
         # seed its own process (vmapping them saves nothing here), so every finished seed counts on its own
         # CleanRL's SAC preset is also sac.py's defaults: judged by both goals
@@ -226,8 +227,8 @@ def main(argv=None) -> int:
     parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default="cpu", help=f"which baselines: {', '.join(SUITES)}")
     parser.add_argument("--seeds", type=int, default=None,
-                        help=f"seeds per baseline, vmapped in one process (default {DEFAULT_SEEDS}; SAC on MuJoCo: 1, "
-                             "one process per seed)")
+                        help=f"seeds per baseline, vmapped (default {DEFAULT_SEEDS}; cpu suite PPO: five to a process; SAC "
+                             "on MuJoCo: 1, one process per seed)")
     parser.add_argument("--only", nargs="+", default=None, metavar="NAME", help="run only these baselines")
     parser.add_argument("--out", default=OUT, help="where the baselines' directories go")
     parser.add_argument("--records", default=RECORDS, help="where each process's record is kept (committed)")

@@ -96,6 +96,23 @@ def test_verdict_judges_each_goal_of_a_reference():
     assert report.verdict(both, float("nan")) == ""
 
 
+def test_final_eval_pools_a_process_kept_only_as_mean_and_std_with_per_seed_evaluations():
+    returns = np.array([3100.0, 1450.0, 2510.0, 2280.0, 3190.0, 2550.0, 2680.0, 2780.0, 2350.0, 3190.0])
+
+    def seeds(values):
+        return {str(i): {"summary": {"final_eval": None if v is None else float(v)}} for i, v in values}
+    kept = {"seeds": seeds((i + 1, None) for i in range(5)),  # a record rebuilt after its run was lost
+            "final_eval": f"{returns[:5].mean():.1f} ± {returns[:5].std():.1f}"}
+    new = {"seeds": seeds((i + 6, returns[5 + i]) for i in range(5))}
+    both = {"seeds": {**kept["seeds"], **new["seeds"]}, "processes": [kept, new]}
+    mean, std = (float(x) for x in report.final_eval(both, True).split(" ± "))
+    assert mean == pytest.approx(returns.mean(), abs=0.1) and std == pytest.approx(returns.std(), abs=0.1)
+    assert report.final_eval({"seeds": new["seeds"], "processes": [new]}, True) == \
+        f"{returns[5:].mean():.1f} ± {returns[5:].std():.1f}"
+    one_missing = {"seeds": seeds([(1, 2000.0), (2, None)]), "processes": [{}]}
+    assert report.final_eval(one_missing, True) == "2000.0 (1 of 2 measured)"
+
+
 def test_a_baseline_counts_as_finished_only_with_the_same_command(tmp_path):
     cmd = [sys.executable, os.path.join(ROOT, "ppo_discrete.py"), "--num-seeds", "5"]
     assert not run_baselines.finished(str(tmp_path), cmd)  # interrupted: no done.json
@@ -122,6 +139,7 @@ def test_hour_long_seeds_train_one_process_each_and_only_as_many_as_asked():
                 for d, cmd in run_baselines.processes(cpu[name], seeds)]
     assert split("ppo_hopper", None) == [("ppo_hopper", "1", "5")]  # 5 seeds vmapped in one process
     assert split("ppo_hopper", 3) == [("ppo_hopper", "1", "3")]
+    assert split("ppo_hopper", 10) == [("ppo_hopper", "1", "5"), ("ppo_hopper.seed6", "6", "5")]  # 1-5 kept
     assert split("sac_hopper_cleanrl", None) == [("sac_hopper_cleanrl", "1", "1")]  # two hours a seed: one
     assert split("sac_hopper_cleanrl", 3) == [("sac_hopper_cleanrl", "1", "1"), ("sac_hopper_cleanrl.seed2", "2", "1"),
                                               ("sac_hopper_cleanrl.seed3", "3", "1")]
