@@ -126,6 +126,10 @@ def load_record(path: str) -> dict | None:
     return record
 
 
+def by_number(seed: str) -> tuple:
+    return len(seed), seed  # seed 2 before seed 10
+
+
 def merge(parts: list) -> dict:
     """One baseline from the processes that trained its seeds: one process, or one per seed where a seed takes
     hours. Once any process is done, the baseline is done and only finished processes count (a seed stopped
@@ -134,7 +138,7 @@ def merge(parts: list) -> dict:
     done = [p for p in parts if p["status"] == "done"]
     counted, unfinished = (done, [p for p in parts if p["status"] != "done"]) if done else (parts, [])
     seeds = {seed: s for p in counted for seed, s in p["seeds"].items()}
-    order = sorted(seeds, key=lambda seed: (len(seed), seed))  # seed 2 before seed 10
+    order = sorted(seeds, key=by_number)
     status = "done" if done else parts[0]["status"]
     return {**counted[0], "seeds": {seed: seeds[seed] for seed in order}, "status": status, "processes": counted,
             "unfinished": unfinished,
@@ -309,7 +313,7 @@ def report(baselines: list, plots_dir: str, out_path: str) -> str:
             details.append(f"- not counted until it finishes: `python {' '.join(portable(p['command']))}` "
                            f"({p['status']} at {steps_reached(p['seeds']):,} of {total_steps(p['command'])} steps)")
         for p in b["processes"]:
-            seeds = "" if len(b["processes"]) == 1 else f" (seed {', '.join(p['seeds']) or '?'})"
+            seeds = "" if len(b["processes"]) == 1 else f" (seed {', '.join(sorted(p['seeds'], key=by_number)) or '?'})"
             details.append(f"- hardware{seeds}: {p['hardware']}; started {p['started']}"
                            + (f", finished {p['finished']}" if "finished" in p else ""))
         details += ["", "\n\n".join(pictures), ""]
