@@ -80,8 +80,8 @@ def read_baseline(directory: str) -> dict | None:
         if os.path.isfile(os.path.join(run_dir, "metrics.csv")):
             seed = os.path.basename(os.path.dirname(run_dir)).split("__")[-2]  # {env}__{exp}__{seed}__{time}
             runs[seed] = read_run(run_dir)
-    seeds = {seed: {"summary": summary(run), "curves": {k: v for k, v in run.items() if k in CURVES}}
-             for seed, run in runs.items()}
+    seeds = {seed: {"summary": summary(runs[seed]), "curves": {k: v for k, v in runs[seed].items() if k in CURVES}}
+             for seed in sorted(runs, key=by_number)}
     return {**info, **(done or failed or {}), "status": status, "seeds": seeds}
 
 
@@ -313,7 +313,7 @@ def report(baselines: list, plots_dir: str, out_path: str) -> str:
             details.append(f"- not counted until it finishes: `python {' '.join(portable(p['command']))}` "
                            f"({p['status']} at {steps_reached(p['seeds']):,} of {total_steps(p['command'])} steps)")
         for p in b["processes"]:
-            seeds = "" if len(b["processes"]) == 1 else f" (seed {', '.join(sorted(p['seeds'], key=by_number)) or '?'})"
+            seeds = "" if len(b["processes"]) == 1 else f" (seed {', '.join(p['seeds']) or '?'})"
             details.append(f"- hardware{seeds}: {p['hardware']}; started {p['started']}"
                            + (f", finished {p['finished']}" if "finished" in p else ""))
         details += ["", "\n\n".join(pictures), ""]

@@ -65,23 +65,29 @@ def sac_hopper_trial(name: str, *flags: str) -> Baseline:
                     Reference(CLEANRL_SAC, *HOPPER_SAC, ">= 3000"), default_seeds=1, seeds_per_process=1)
 
 
+def cpu_ppo(name: str, script: str, flags: tuple, reference: Reference) -> Baseline:
+    """A PPO baseline of the cpu suite: five seeds vmapped to a process, so --seeds 10 adds seeds 6-10 and keeps
+    1-5."""
+    return Baseline(name, script, flags, reference, seeds_per_process=DEFAULT_SEEDS)
+
+
 SUITES = {
-    "cpu": [  # PPO: five seeds vmapped per process, so --seeds 10 adds seeds 6-10 and keeps 1-5
-        Baseline("ppo_cartpole_cleanrl", "ppo_discrete.py", ("--config", "configs/ppo_discrete_cartpole_cleanrl.yaml"),
-                 Reference(CLEANRL_PPO_DISCRETE, *CARTPOLE_PPO, "within"), seeds_per_process=5),
-        Baseline("ppo_cartpole", "ppo_discrete.py", ("--env-id", "CartPole-v1"),
-                 Reference(CLEANRL_PPO_DISCRETE, *CARTPOLE_PPO, ">= 495"), seeds_per_process=5),
-        Baseline("ppo_cartpole_gymnax", "ppo_discrete.py", ("--env-id", "gymnax/CartPole-v1"),
-                 Reference(CLEANRL_PPO_DISCRETE, *CARTPOLE_PPO, ">= 495"), seeds_per_process=5),
-        Baseline("ppo_hopper_cleanrl", "ppo_continuous.py", ("--config", "configs/ppo_continuous_hopper_cleanrl.yaml"),
-                 Reference(CLEANRL_PPO, *HOPPER_PPO, "within"), seeds_per_process=5),
-        Baseline("ppo_hopper", "ppo_continuous.py", ("--env-id", "Hopper-v4"),
-                 Reference(CLEANRL_PPO, *HOPPER_PPO, ">= 2600"), seeds_per_process=5),
-        Baseline("ppo_halfcheetah_cleanrl", "ppo_continuous.py",
-                 ("--config", "configs/ppo_continuous_halfcheetah_cleanrl.yaml"),
-                 Reference(CLEANRL_PPO, *HALFCHEETAH_PPO, "within"), seeds_per_process=5),
-        Baseline("ppo_halfcheetah", "ppo_continuous.py", ("--env-id", "HalfCheetah-v4"),
-                 Reference(CLEANRL_PPO, *HALFCHEETAH_PPO, ">= 1600"), seeds_per_process=5),
+    "cpu": [
+        cpu_ppo("ppo_cartpole_cleanrl", "ppo_discrete.py", ("--config", "configs/ppo_discrete_cartpole_cleanrl.yaml"),
+                Reference(CLEANRL_PPO_DISCRETE, *CARTPOLE_PPO, "within")),
+        cpu_ppo("ppo_cartpole", "ppo_discrete.py", ("--env-id", "CartPole-v1"),
+                Reference(CLEANRL_PPO_DISCRETE, *CARTPOLE_PPO, ">= 495")),
+        cpu_ppo("ppo_cartpole_gymnax", "ppo_discrete.py", ("--env-id", "gymnax/CartPole-v1"),
+                Reference(CLEANRL_PPO_DISCRETE, *CARTPOLE_PPO, ">= 495")),
+        cpu_ppo("ppo_hopper_cleanrl", "ppo_continuous.py", ("--config", "configs/ppo_continuous_hopper_cleanrl.yaml"),
+                Reference(CLEANRL_PPO, *HOPPER_PPO, "within")),
+        cpu_ppo("ppo_hopper", "ppo_continuous.py", ("--env-id", "Hopper-v4"),
+                Reference(CLEANRL_PPO, *HOPPER_PPO, ">= 2600")),
+        cpu_ppo("ppo_halfcheetah_cleanrl", "ppo_continuous.py",
+                ("--config", "configs/ppo_continuous_halfcheetah_cleanrl.yaml"),
+                Reference(CLEANRL_PPO, *HALFCHEETAH_PPO, "within")),
+        cpu_ppo("ppo_halfcheetah", "ppo_continuous.py", ("--env-id", "HalfCheetah-v4"),
+                Reference(CLEANRL_PPO, *HALFCHEETAH_PPO, ">= 1600")),
         # one seed of SAC takes about two hours on a 2-core CPU: one seed unless --seeds asks for more, each
         # seed its own process (vmapping them saves nothing here), so every finished seed counts on its own
         # CleanRL's SAC preset is also sac.py's defaults: judged by both goals
@@ -94,7 +100,7 @@ SUITES = {
         Baseline("ppo_ant_brax", "ppo_continuous.py", ("--config", "configs/ppo_continuous_brax_ant.yaml")),
         Baseline("sac_hopper_brax", "sac.py", ("--config", "configs/sac_brax_hopper.yaml")),
         Baseline("ppo_cartpole_gymnax_1024", "ppo_discrete.py", ("--env-id", "gymnax/CartPole-v1"),
-                 Reference(CLEANRL_PPO_DISCRETE, *CARTPOLE_PPO, ">= 495"), min_seeds=1024),
+                Reference(CLEANRL_PPO_DISCRETE, *CARTPOLE_PPO, ">= 495"), min_seeds=1024),
     ],
     "trials": [  # candidates for the defaults, run on their own (docs/results.md says how each fared)
         # LayerNorm in SAC's Q networks, for the defaults' Hopper goal (>= 3000): seed 1 did worse, not adopted
@@ -115,7 +121,7 @@ SUITES = {
     "smoke": [  # seconds: for the tests
         Baseline("smoke_ppo_discrete", "ppo_discrete.py",
                  ("--env-id", "gymnax/CartPole-v1", "--total-timesteps", "8192", "--num-eval-envs", "2"),
-                 Reference(CLEANRL_PPO_DISCRETE, *CARTPOLE_PPO, "within")),
+                Reference(CLEANRL_PPO_DISCRETE, *CARTPOLE_PPO, "within")),
         Baseline("smoke_ppo_continuous", "ppo_continuous.py",
                  ("--env-id", "Pendulum-v1", "--total-timesteps", "2048", "--num-steps", "256",
                   "--num-minibatches", "2", "--update-epochs", "1", "--num-eval-envs", "2"),
@@ -227,8 +233,8 @@ def main(argv=None) -> int:
     parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default="cpu", help=f"which baselines: {', '.join(SUITES)}")
     parser.add_argument("--seeds", type=int, default=None,
-                        help=f"seeds per baseline, vmapped (default {DEFAULT_SEEDS}; cpu suite PPO: five to a process; SAC "
-                             "on MuJoCo: 1, one process per seed)")
+                        help=f"seeds per baseline, vmapped (default {DEFAULT_SEEDS}; cpu suite PPO: five to a "
+                             "process; SAC on MuJoCo: 1, one process per seed)")
     parser.add_argument("--only", nargs="+", default=None, metavar="NAME", help="run only these baselines")
     parser.add_argument("--out", default=OUT, help="where the baselines' directories go")
     parser.add_argument("--records", default=RECORDS, help="where each process's record is kept (committed)")
