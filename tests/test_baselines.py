@@ -14,6 +14,7 @@ import pytest
 from conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import peer_cleanrl  # noqa: E402
 import report  # noqa: E402
 import run_baselines  # noqa: E402
 
@@ -225,3 +226,43 @@ def test_bad_input_is_one_error_line(argv, message, capsys):
     assert run_baselines.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1
+
+
+FAKE_CLEANRL = """import sys, time
+seed = int(sys.argv[sys.argv.index("--seed") + 1])
+if seed == 3:
+    sys.exit("crashed")  # a seed that fails is left out of the summary
+for episode in range(1, 151):  # returns 1..150 shifted by the seed, printed as CleanRL prints them
+    print(f"global_step={1000 * episode}, episodic_return=[{episode + seed}.5]")
+    if episode % 50 == 0:
+        print(f"SPS: {1000 + episode}")
+time.sleep(0.2)
+"""
+
+
+def test_peer_runs_seeds_side_by_side_resumes_and_summarises_the_last_100_episodes(tmp_path, capsys):
+    script = tmp_path / "ppo_fake.py"
+    script.write_text(FAKE_CLEANRL)
+    argv = ["--script", str(script), "--python", sys.executable, "--env-id", "Fake-v0", "--seeds", "1", "2", "3",
+            "--parallel", "2", "--runs", str(tmp_path / "runs"), "--summaries", str(tmp_path / "peers")]
+    assert peer_cleanrl.main(argv) == 0
+    summary = json.loads((tmp_path / "peers" / "ppo_fake_Fake-v0.json").read_text())
+    per_seed = {k: v["last_100"] for k, v in summary["seeds"].items()}
+    assert per_seed == {"1": np.arange(51, 151).mean() + 1.5, "2": np.arange(51, 151).mean() + 2.5}  # not seed 3
+    assert summary["seeds"]["1"]["episodes"] == 150 and summary["seeds"]["1"]["sps"] == 1150
+    assert "gymnasium " in summary["versions"] and "torch -" in summary["versions"]  # this venv has no torch
+    assert summary["last_100"] == "102.5 ± 0.5"
+    assert summary["command"] == ["ppo_fake.py", "--env-id", "Fake-v0", "--seed", "K", "--no-cuda",
+                                  "--exp-name", "ppo_fake_Fake-v0"]
+    out = capsys.readouterr().out
+    assert "seed 3: exit 1" in out
+    assert peer_cleanrl.main(argv) == 0  # again: seeds 1 and 2 are kept, only the failed seed 3 runs
+    out = capsys.readouterr().out
+    assert "seed 3: started" in out and "seed 1: started" not in out and "seed 2: started" not in out
+
+
+def test_peer_bad_paths_are_one_error_line(tmp_path, capsys):
+    argv = ["--script", str(tmp_path / "missing.py"), "--python", sys.executable, "--env-id", "Fake-v0"]
+    assert peer_cleanrl.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --script") and err.count("\n") == 1
