@@ -92,8 +92,9 @@ def main(argv=None) -> int:
                         done = {"wall_seconds": round(time.time() - began, 1), "finished": time.strftime("%Y-%m-%d")}
                         write_json(os.path.join(out, f"seed{seed}.done"), done)
                     print(f"seed {seed}: exit {process.returncode}", flush=True)
-    except KeyboardInterrupt:  # the seeds get the signal too; those that finished stay, the same command resumes
+    except KeyboardInterrupt:  # stop the seeds still running; those that finished stay, the same command resumes
         for process, log, _ in running.values():
+            process.terminate()
             process.wait()
             log.close()
         print("interrupted: finished seeds are kept; the same command runs the others", file=sys.stderr)

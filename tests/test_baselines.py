@@ -232,6 +232,8 @@ FAKE_CLEANRL = """import sys, time
 seed = int(sys.argv[sys.argv.index("--seed") + 1])
 if seed == 3:
     sys.exit("crashed")  # a seed that fails is left out of the summary
+if seed == 9:
+    time.sleep(60)  # a seed still running when the user presses Ctrl-C
 for episode in range(1, 151):  # returns 1..150 shifted by the seed, printed as CleanRL prints them
     print(f"global_step={1000 * episode}, episodic_return=[{episode + seed}.5]")
     if episode % 50 == 0:
@@ -259,6 +261,22 @@ def test_peer_runs_seeds_side_by_side_resumes_and_summarises_the_last_100_episod
     assert peer_cleanrl.main(argv) == 0  # again: seeds 1 and 2 are kept, only the failed seed 3 runs
     out = capsys.readouterr().out
     assert "seed 3: started" in out and "seed 1: started" not in out and "seed 2: started" not in out
+
+
+def test_peer_ctrl_c_stops_the_running_seeds_and_keeps_them_unfinished(tmp_path):
+    script = tmp_path / "ppo_fake.py"
+    script.write_text(FAKE_CLEANRL)
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "peer_cleanrl.py"), "--script", str(script), "--python",
+           sys.executable, "--env-id", "Fake-v0", "--seeds", "9", "--runs", str(tmp_path / "runs"),
+           "--summaries", str(tmp_path / "peers")]
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    process.send_signal(signal.SIGINT)  # to the runner alone, not to the seed's process
+    out, err = process.communicate(timeout=20)
+    assert process.returncode == 130 and err.startswith("interrupted: finished seeds are kept")
+    assert "seed 9: started" in out
+    assert not (tmp_path / "runs" / "ppo_fake_Fake-v0" / "seed9.done").exists()
+    assert not (tmp_path / "peers").exists()
 
 
 def test_peer_bad_paths_are_one_error_line(tmp_path, capsys):
