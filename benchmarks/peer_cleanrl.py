@@ -110,9 +110,10 @@ def main(argv=None) -> int:
         print("no seed has finished", file=sys.stderr)
         return 1
     metric = np.array([s["last_100"] for s in seeds.values()])
+    cpu = hardware().rsplit("; jax", 1)[0]  # the CPU alone: JAX plays no part in the peer's run
     versions = subprocess.run([args.python, "-c", VERSIONS], capture_output=True, text=True).stdout.strip()
     summary = {"command": [os.path.basename(args.script), *command("K")[2:]],
-               "source": args.source, "versions": versions, "hardware": hardware(), "seeds": seeds,
+               "source": args.source, "versions": versions, "hardware": cpu, "seeds": seeds,
                "last_100": f"{metric.mean():.1f} ± {metric.std():.1f}"}
     os.makedirs(args.summaries, exist_ok=True)
     write_json(os.path.join(args.summaries, f"{name}.json"), summary)

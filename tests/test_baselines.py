@@ -270,11 +270,11 @@ def test_peer_ctrl_c_stops_the_running_seeds_and_keeps_them_unfinished(tmp_path)
            sys.executable, "--env-id", "Fake-v0", "--seeds", "9", "--runs", str(tmp_path / "runs"),
            "--summaries", str(tmp_path / "peers")]
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(3)
+    assert process.stdout.readline() == "seed 9: started\n"
+    time.sleep(1)
     process.send_signal(signal.SIGINT)  # to the runner alone, not to the seed's process
-    out, err = process.communicate(timeout=20)
+    out, err = process.communicate(timeout=30)  # not the 60 s the seed would take
     assert process.returncode == 130 and err.startswith("interrupted: finished seeds are kept")
-    assert "seed 9: started" in out
     assert not (tmp_path / "runs" / "ppo_fake_Fake-v0" / "seed9.done").exists()
     assert not (tmp_path / "peers").exists()
 
