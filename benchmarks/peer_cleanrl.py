@@ -5,8 +5,8 @@ so that a preset's spread over seeds can be set beside CleanRL's own spread on t
         --python ../cleanrl-venv/bin/python --env-id HalfCheetah-v4 --seeds 1 2 3 4 --parallel 2
 
 CleanRL is not part of this repository: check out the commit that Open RL Benchmark's runs used (tag pr-424,
-35896b1) and give it a venv with that commit's pins (gymnasium 0.28.1, mujoco 2.3.3, numpy 1.24.4, tyro 0.5.10;
-torch 1.12.1 there, which has no Python 3.11 wheel, so a newer CPU torch). Each seed runs in its own process with
+35896b1) and give it a venv with that commit's pins (gymnasium 0.28.1, mujoco 2.3.3, numpy 1.24.4, tyro 0.5.10,
+tensorboard, imageio; torch 1.12.1 there, which has no Python 3.11 wheel, so a newer CPU torch). Each seed runs in its own process with
 one thread, `--parallel` at a time, logging to runs/peers/<script>_<env>/seed<k>.log; a seed that exited cleanly
 before is skipped, so the same command resumes. Per seed the metric is the mean of the last 100
 `episodic_return=` values the script prints; over seeds, mean ± population std. The summary (the command,
