@@ -15,6 +15,7 @@ versions, hardware, date and each seed's figures) is written to docs/results/pee
 import argparse
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -75,6 +76,9 @@ def main(argv=None) -> int:
 
     todo = [] if args.summarise else [s for s in args.seeds if not os.path.exists(os.path.join(out, f"seed{s}.done"))]
     running = {}
+    # SIGTERM (and SIGINT where a shell started this in the background, which ignores Ctrl-C) stop it as Ctrl-C does
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.default_int_handler)
     try:
         while todo or running:
             while todo and len(running) < args.parallel:

@@ -263,7 +263,8 @@ def test_peer_runs_seeds_side_by_side_resumes_and_summarises_the_last_100_episod
     assert "seed 3: started" in out and "seed 1: started" not in out and "seed 2: started" not in out
 
 
-def test_peer_ctrl_c_stops_the_running_seeds_and_keeps_them_unfinished(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_peer_ctrl_c_or_sigterm_stops_the_running_seeds_and_keeps_them_unfinished(tmp_path, sig):
     script = tmp_path / "ppo_fake.py"
     script.write_text(FAKE_CLEANRL)
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "peer_cleanrl.py"), "--script", str(script), "--python",
@@ -272,7 +273,7 @@ def test_peer_ctrl_c_stops_the_running_seeds_and_keeps_them_unfinished(tmp_path)
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert process.stdout.readline() == "seed 9: started\n"
     time.sleep(1)
-    process.send_signal(signal.SIGINT)  # to the runner alone, not to the seed's process
+    process.send_signal(sig)  # to the runner alone, not to the seed's process
     out, err = process.communicate(timeout=30)  # not the 60 s the seed would take
     assert process.returncode == 130 and err.startswith("interrupted: finished seeds are kept")
     assert not (tmp_path / "runs" / "ppo_fake_Fake-v0" / "seed9.done").exists()
