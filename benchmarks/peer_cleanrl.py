@@ -6,13 +6,12 @@ so that a preset's spread over seeds can be set beside CleanRL's own spread on t
 
 CleanRL is not part of this repository: check out the commit that Open RL Benchmark's runs used (tag pr-424,
 35896b1) and give it a venv with that commit's pins (gymnasium 0.28.1, mujoco 2.3.3, numpy 1.24.4, tyro 0.5.10,
-tensorboard, imageio; torch 1.12.1 there, which has no Python 3.11 wheel, so a newer CPU torch). Each seed runs in its own process with
-one thread, `--parallel` at a time, logging to runs/peers/<script>_<env>/seed<k>.log; a seed that exited cleanly
-before is skipped, so the same command resumes. Per seed the metric is the mean of the last 100
+tensorboard, imageio; torch 1.12.1 there, which has no Python 3.11 wheel, so a newer CPU torch). Each seed runs in
+its own process with one thread, `--parallel` at a time, logging to runs/peers/<script>_<env>/seed<k>.log; a seed
+that exited cleanly before is skipped, so the same command resumes. Per seed the metric is the mean of the last 100
 `episodic_return=` values the script prints; over seeds, mean ± population std. The summary (the command,
 versions, hardware, date and each seed's figures) is written to docs/results/peers/<script>_<env>.json.
 """
-import argparse
 import os
 import re
 import signal
@@ -22,7 +21,8 @@ import time
 
 import numpy as np
 
-from run_baselines import ROOT, hardware, read_json, write_json
+from report import mean_std
+from run_baselines import ROOT, Parser, hardware, read_json, write_json
 
 EPISODE = re.compile(r"global_step=(\d+), episodic_return=\[?([-+0-9.eE]+)\]?")
 SPS = re.compile(r"^SPS: (\d+)", re.M)
@@ -46,7 +46,7 @@ def read_log(text: str, n: int = 100) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--script", required=True, help="CleanRL's script, e.g. cleanrl/ppo_continuous_action.py")
     p.add_argument("--python", required=True, help="the interpreter of a venv holding CleanRL's pins")
     p.add_argument("--env-id", required=True, help="the env to train on")
@@ -77,8 +77,7 @@ def main(argv=None) -> int:
     todo = [] if args.summarise else [s for s in args.seeds if not os.path.exists(os.path.join(out, f"seed{s}.done"))]
     running = {}
     # SIGTERM (and SIGINT where a shell started this in the background, which ignores Ctrl-C) stop it as Ctrl-C does
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, signal.default_int_handler)
+    previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         while todo or running:
             while todo and len(running) < args.parallel:
@@ -103,6 +102,9 @@ def main(argv=None) -> int:
             log.close()
         print("interrupted: finished seeds are kept; the same command runs the others", file=sys.stderr)
         return 130
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
     seeds = {}
     for seed in args.seeds:
@@ -113,12 +115,11 @@ def main(argv=None) -> int:
     if not seeds:
         print("no seed has finished", file=sys.stderr)
         return 1
-    metric = np.array([s["last_100"] for s in seeds.values()])
     cpu = hardware().rsplit("; jax", 1)[0]  # the CPU alone: JAX plays no part in the peer's run
     versions = subprocess.run([args.python, "-c", VERSIONS], capture_output=True, text=True).stdout.strip()
     summary = {"command": [os.path.basename(args.script), *command("K")[2:]],
                "source": args.source, "versions": versions, "hardware": cpu, "seeds": seeds,
-               "last_100": f"{metric.mean():.1f} ± {metric.std():.1f}"}
+               "last_100": mean_std([s["last_100"] for s in seeds.values()])}
     os.makedirs(args.summaries, exist_ok=True)
     write_json(os.path.join(args.summaries, f"{name}.json"), summary)
     for seed, s in seeds.items():
